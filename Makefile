@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create .venv and install into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+## Serve the demo models on 127.0.0.1:8000 (embedded SQLite registry and artifacts under ./.gateway/)
+run: $(VENV)/.installed
+	$(BIN)/gateway serve --demo
+
+## Lint, type-check and run the whole test suite
+test: $(VENV)/.installed-test lint
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache

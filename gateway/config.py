@@ -1,0 +1,87 @@
+"""The gateway's configuration (pure): one frozen dataclass, validated once; errors name the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+CONFIG_ENV = "GATEWAY_CONFIG_JSON"  # how `serve --workers N` hands the config to each worker process
+
+
+class ConfigError(ValueError):
+    """An invalid value or combination; `flag` names the command-line flag to fix."""
+
+    def __init__(self, flag: str, reason: str) -> None:
+        super().__init__(f"Invalid value for '{flag}': {reason}")
+        self.flag = flag
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `gateway serve` can be told; each field is one flag (--data-dir for data_dir, ...)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path(".gateway")
+    registry_url: str | None = None  # None: SQLite under data_dir
+    demo: bool = False
+    intra_op_threads: int = 1  # onnxruntime threads per session.run
+    inference_threads: int = 1  # executor threads for models too slow to run on the event loop
+    inline_threshold_us: float = 300.0  # models whose warm-up run is faster than this run on the loop
+    max_batch_size: int = 64  # rows stacked into one session.run
+    max_batch_delay_ms: float = 0.0  # 0: batch only what arrived in the same event-loop turn
+    max_body_bytes: int = 8 * 1024 * 1024
+    poll_interval_s: float = 0.5  # how often followers check the registry for changes
+    graceful_timeout_s: float = 30.0
+    log_level: LogLevel = "info"
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("--port", 0 <= self.port <= 65535, "must be between 0 and 65535"),
+            ("--workers", self.workers >= 1, "must be at least 1"),
+            ("--intra-op-threads", self.intra_op_threads >= 0, "must be >= 0 (0: onnxruntime decides)"),
+            ("--inference-threads", self.inference_threads >= 1, "must be at least 1"),
+            ("--inline-threshold-us", self.inline_threshold_us >= 0, "must be >= 0"),
+            ("--max-batch-size", self.max_batch_size >= 1, "must be at least 1"),
+            ("--max-batch-delay-ms", 0 <= self.max_batch_delay_ms <= 1000, "must be between 0 and 1000"),
+            ("--max-body-bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
+            ("--poll-interval", 0.01 <= self.poll_interval_s <= 3600, "must be between 0.01 and 3600 seconds"),
+            ("--graceful-timeout", self.graceful_timeout_s >= 0, "must be >= 0"),
+        ]
+        for flag, ok, reason in checks:
+            if not ok:
+                raise ConfigError(flag, reason)
+        if self.registry_url is not None and "://" not in self.registry_url:
+            raise ConfigError("--registry", f"{self.registry_url!r} is not a database URL (sqlite:///path or postgresql://...)")
+
+    @property
+    def database_url(self) -> str:
+        """The registry database: the given URL, else SQLite in the data directory."""
+        return self.registry_url or f"sqlite:///{self.data_dir.resolve() / 'registry.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir.resolve() / "artifacts"
+
+    def to_json(self) -> str:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["data_dir"] = str(self.data_dir)
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        values: dict[str, Any] = json.loads(text)
+        values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """The config a `serve --workers N` parent left in GATEWAY_CONFIG_JSON, else the defaults."""
+        text = os.environ.get(CONFIG_ENV)
+        return cls.from_json(text) if text else cls()

@@ -1,0 +1,175 @@
+"""ModelPool: (model, version) -> LoadedModel. Loading, warm-up and the run function live here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from gateway.batching import Arrays, MicroBatcher
+from gateway.config import Config
+from gateway.errors import InvalidInput
+from gateway.protocol.dtypes import numpy_dtype
+from gateway.signature import InputValidator, compile_validator
+from registry.artifacts import ArtifactStore
+from registry.entities import ModelVersion, Signature, TensorSpec
+
+log = logging.getLogger("gateway.models")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoadedModel:
+    """A warmed-up version, ready to serve. Built once at load; never mutated."""
+
+    name: str
+    version: int
+    signature: Signature
+    validator: InputValidator
+    batcher: MicroBatcher
+    output_names: tuple[str, ...]
+    inline: bool  # runs on the event loop (fast model) rather than on the executor
+    warmup_us: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def version_str(self) -> str:
+        return str(self.version)
+
+    async def infer(self, inputs: Mapping[str, npt.NDArray[np.generic]]) -> list[tuple[str, npt.NDArray[np.generic]]]:
+        """Validate, queue for the batcher, and name the outputs. Raises InvalidInput."""
+        arrays = self.validator.validate(inputs)
+        outputs = await self.batcher.submit(arrays)
+        return list(zip(self.output_names, outputs, strict=True))
+
+
+def _session_options(config: Config) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def _string_input(arr: npt.NDArray[np.generic], name: str) -> npt.NDArray[np.generic]:
+    """onnxruntime reads string tensors as str; binary BYTES arrive as bytes and are decoded here."""
+    flat = arr.reshape(-1)
+    if flat.size and isinstance(flat[0], str) and all(isinstance(x, str) for x in flat):
+        return arr
+    try:
+        decoded = [x.decode("utf-8") if isinstance(x, bytes | bytearray) else str(x) for x in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input '{name}': BYTES element is not valid UTF-8 ({exc.reason})") from exc
+    return np.array(decoded, dtype=object).reshape(arr.shape)
+
+
+def _warmup_inputs(inputs: tuple[TensorSpec, ...]) -> Arrays:
+    """One row of zeros (empty strings for BYTES) per input; dynamic dims become 1."""
+    arrays: Arrays = []
+    for spec in inputs:
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        if spec.datatype == "BYTES":
+            arrays.append(np.full(shape, "", dtype=object))
+        else:
+            arrays.append(np.zeros(shape, dtype=numpy_dtype(spec.datatype)))
+    return arrays
+
+
+def _batchable(signature: Signature) -> bool:
+    """Stacking requests needs a leading dynamic dim on every input and output."""
+    return all(t.shape and t.shape[0] == -1 for t in (*signature.inputs, *signature.outputs))
+
+
+def load_model(mv: ModelVersion, artifacts: ArtifactStore, config: Config, executor: Executor) -> LoadedModel:
+    """Blocking: create the session, run the warm-up inference, and pick inline vs executor by its time."""
+    data = artifacts.read_bytes(mv.artifact_sha256)
+    session = ort.InferenceSession(data, _session_options(config), providers=["CPUExecutionProvider"])
+    input_names = [t.name for t in mv.signature.inputs]
+    output_names = tuple(t.name for t in mv.signature.outputs)
+    string_inputs = {i for i, t in enumerate(mv.signature.inputs) if t.datatype == "BYTES"}
+
+    def run(arrays: Arrays) -> Arrays:
+        feed = {
+            name: _string_input(arr, name) if i in string_inputs else arr
+            for i, (name, arr) in enumerate(zip(input_names, arrays, strict=True))
+        }
+        return list(session.run(output_names, feed))
+
+    sample = _warmup_inputs(mv.signature.inputs)
+    run(sample)  # first run allocates; time the second
+    started = time.perf_counter()
+    run(sample)
+    warmup_us = (time.perf_counter() - started) * 1e6
+    inline = warmup_us < config.inline_threshold_us
+    batcher = MicroBatcher(
+        run,
+        max_batch_size=config.max_batch_size,
+        max_delay_s=config.max_batch_delay_ms / 1000,
+        executor=None if inline else executor,
+        batchable=_batchable(mv.signature),
+    )
+    log.info("loaded %s v%d (warm-up %.0f us, %s)", mv.name, mv.version, warmup_us, "inline" if inline else "executor")
+    return LoadedModel(
+        name=mv.name,
+        version=mv.version,
+        signature=mv.signature,
+        validator=compile_validator(mv.signature),
+        batcher=batcher,
+        output_names=output_names,
+        inline=inline,
+        warmup_us=warmup_us,
+        headers={"x-gateway-model": mv.name, "x-gateway-model-version": str(mv.version)},
+    )
+
+
+class ModelPool:
+    """The loaded versions. Loads run in a thread, one at a time per version; failures are remembered."""
+
+    def __init__(self, artifacts: ArtifactStore, config: Config, executor: Executor) -> None:
+        self._artifacts = artifacts
+        self._config = config
+        self._executor = executor
+        self._loaded: dict[tuple[str, int], LoadedModel] = {}
+        self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
+        self.failures: dict[tuple[str, int], str] = {}
+
+    def get(self, name: str, version: int) -> LoadedModel | None:
+        return self._loaded.get((name, version))
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    async def load(self, mv: ModelVersion) -> LoadedModel:
+        """The loaded model for `mv`, loading it (off the loop) if needed. Raises what loading raised."""
+        key = (mv.name, mv.version)
+        if (model := self._loaded.get(key)) is not None:
+            return model
+        if (pending := self._loading.get(key)) is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LoadedModel] = loop.create_future()
+        self._loading[key] = future
+        try:
+            model = await asyncio.to_thread(load_model, mv, self._artifacts, self._config, self._executor)
+        except Exception as exc:
+            self.failures[key] = f"{type(exc).__name__}: {exc}"
+            log.error("failed to load %s v%d: %s", mv.name, mv.version, exc)
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: the caller re-raises it below
+            raise
+        finally:
+            del self._loading[key]
+        self.failures.pop(key, None)
+        self._loaded[key] = model
+        future.set_result(model)
+        return model
+
+    def unload(self, name: str, version: int) -> None:
+        """Forget a version; requests already holding it finish on their reference."""
+        self._loaded.pop((name, version), None)

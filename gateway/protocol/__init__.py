@@ -1,0 +1,1 @@
+"""Codecs for the inference protocols (pure: bytes in, arrays out)."""

@@ -1,0 +1,48 @@
+"""Registry errors, each carrying a stable MLflow error code; no HTTP imports.
+
+RegistryError
+ ├── ResourceDoesNotExist        RESOURCE_DOES_NOT_EXIST
+ ├── ResourceAlreadyExists       RESOURCE_ALREADY_EXISTS
+ ├── InvalidParameterValue       INVALID_PARAMETER_VALUE
+ │    ├── InvalidModelFile       (a corrupt or non-ONNX file at registration)
+ │    └── InvalidArtifactPath    (a path that escapes the artifact root)
+ └── StoreUnavailable            TEMPORARILY_UNAVAILABLE (the database cannot be reached)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class RegistryError(Exception):
+    """Base of every registry error; `code` is the MLflow error code name."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ResourceDoesNotExist(RegistryError):
+    code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class ResourceAlreadyExists(RegistryError):
+    code = "RESOURCE_ALREADY_EXISTS"
+
+
+class InvalidParameterValue(RegistryError):
+    code = "INVALID_PARAMETER_VALUE"
+
+
+class InvalidModelFile(InvalidParameterValue):
+    """The file is not a valid ONNX model (or has no usable signature)."""
+
+
+class InvalidArtifactPath(InvalidParameterValue):
+    """An artifact path is absolute, malformed or escapes the store's root."""
+
+
+class StoreUnavailable(RegistryError):
+    code = "TEMPORARILY_UNAVAILABLE"

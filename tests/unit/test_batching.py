@@ -1,0 +1,137 @@
+"""Micro-batching: stacking, splitting, and the batcher's coalescing of same-turn submissions."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from gateway.batching import Arrays, MicroBatcher, batch_key, split_outputs, stack_requests
+
+
+def rows(n: int, start: float = 0.0, width: int = 3) -> np.ndarray:
+    return (np.arange(n * width, dtype=np.float32) + start).reshape(n, width)
+
+
+class TestStackSplit:
+    def test_stack_concatenates_each_input_and_counts_rows(self) -> None:
+        """Each input is concatenated along axis 0 and each request's row count is kept."""
+        stacked, sizes = stack_requests([[rows(2), rows(2, 100, 1)], [rows(1, 50), rows(1, 200, 1)]])
+        assert sizes == [2, 1]
+        assert stacked[0].shape == (3, 3) and stacked[1].shape == (3, 1)
+        assert stacked[0][2, 0] == 50
+
+    def test_split_restores_per_request_slices(self) -> None:
+        """Splitting a batched output by sizes gives each request its own rows, in order."""
+        out = np.arange(6).reshape(6, 1)
+        parts = split_outputs([out, out * 10], [1, 3, 2])
+        assert [p[0].ravel().tolist() for p in parts] == [[0], [1, 2, 3], [4, 5]]
+        assert parts[1][1].ravel().tolist() == [10, 20, 30]
+
+    @pytest.mark.parametrize(
+        ("a", "b", "same"),
+        [
+            (rows(1), rows(5), True),
+            (rows(1, width=3), rows(1, width=4), False),
+            (rows(1), rows(1).astype(np.float64), False),
+        ],
+    )
+    def test_batch_key_depends_on_dtype_and_inner_dims_only(self, a: np.ndarray, b: np.ndarray, same: bool) -> None:
+        """Requests share a run only if dtypes and non-batch dims agree; batch size does not matter."""
+        assert (batch_key([a]) == batch_key([b])) is same
+
+
+def doubling(calls: list[int]) -> object:
+    def run(arrays: Arrays) -> Arrays:
+        calls.append(int(arrays[0].shape[0]))
+        if np.isnan(arrays[0]).any():
+            raise ValueError("nan in input")
+        return [arrays[0] * 2]
+
+    return run
+
+
+class TestMicroBatcher:
+    @pytest.mark.parametrize("use_executor", [False, True])
+    def test_same_turn_submissions_share_one_run(self, use_executor: bool) -> None:
+        """Ten requests submitted in one loop turn run as one stacked batch, and each gets its own rows back."""
+        calls: list[int] = []
+
+        async def main() -> list[Arrays]:
+            with ThreadPoolExecutor(1) as ex:
+                b = MicroBatcher(doubling(calls), max_batch_size=64, max_delay_s=0, executor=ex if use_executor else None)  # type: ignore[arg-type]
+                return await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(10)))
+
+        results = asyncio.run(main())
+        assert calls == [10]
+        for i, out in enumerate(results):
+            np.testing.assert_array_equal(out[0], rows(1, i) * 2)
+
+    def test_max_batch_size_caps_rows_per_run(self) -> None:
+        """Rows per run never exceed max_batch_size."""
+        calls: list[int] = []
+
+        async def main() -> None:
+            b = MicroBatcher(doubling(calls), max_batch_size=4, max_delay_s=0, executor=None)  # type: ignore[arg-type]
+            await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(10)))
+
+        asyncio.run(main())
+        assert calls == [4, 4, 2]
+
+    def test_unbatchable_model_runs_each_request_alone(self) -> None:
+        """A model without a dynamic batch dim never sees stacked requests."""
+        calls: list[int] = []
+
+        async def main() -> None:
+            b = MicroBatcher(doubling(calls), max_batch_size=64, max_delay_s=0, executor=None, batchable=False)  # type: ignore[arg-type]
+            await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(3)))
+
+        asyncio.run(main())
+        assert calls == [1, 1, 1]
+
+    def test_different_shapes_are_not_stacked(self) -> None:
+        """Requests with different inner dims go in different runs and all succeed."""
+        calls: list[int] = []
+
+        async def main() -> list[Arrays]:
+            b = MicroBatcher(doubling(calls), max_batch_size=64, max_delay_s=0, executor=None)  # type: ignore[arg-type]
+            return await asyncio.gather(b.submit([rows(2, width=3)]), b.submit([rows(1, width=5)]), b.submit([rows(1, width=3)]))
+
+        results = asyncio.run(main())
+        assert sorted(calls) == [1, 3]
+        assert results[1][0].shape == (1, 5)
+
+    @pytest.mark.parametrize("use_executor", [False, True])
+    def test_failing_request_fails_alone(self, use_executor: bool) -> None:
+        """When a batch fails, it is retried request by request: only the bad request gets the error."""
+        calls: list[int] = []
+
+        async def main() -> list[object]:
+            with ThreadPoolExecutor(1) as ex:
+                b = MicroBatcher(doubling(calls), max_batch_size=64, max_delay_s=0, executor=ex if use_executor else None)  # type: ignore[arg-type]
+                bad = rows(1)
+                bad[0, 0] = np.nan
+                return await asyncio.gather(b.submit([rows(1)]), b.submit([bad]), b.submit([rows(1, 5)]), return_exceptions=True)
+
+        good1, bad, good2 = asyncio.run(main())
+        assert isinstance(bad, ValueError)
+        np.testing.assert_array_equal(good1[0], rows(1) * 2)  # type: ignore[index]
+        np.testing.assert_array_equal(good2[0], rows(1, 5) * 2)  # type: ignore[index]
+
+    def test_executor_batches_what_arrives_during_a_run(self) -> None:
+        """While one executor run is in flight, new submissions queue and run together next."""
+        calls: list[int] = []
+
+        async def main() -> None:
+            with ThreadPoolExecutor(1) as ex:
+                b = MicroBatcher(doubling(calls), max_batch_size=64, max_delay_s=0, executor=ex)  # type: ignore[arg-type]
+                first = asyncio.ensure_future(b.submit([rows(1)]))
+                await asyncio.sleep(0)  # the first run starts
+                rest = [asyncio.ensure_future(b.submit([rows(1, i)])) for i in range(5)]
+                await asyncio.gather(first, *rest)
+
+        asyncio.run(main())
+        assert sum(calls) == 6
+        assert len(calls) <= 3
