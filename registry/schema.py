@@ -23,6 +23,7 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # MLflow's limits: names 256, tag keys 250, tag values 5000 characters.
 NAME_LENGTH = 256
 TAG_KEY_LENGTH = 250
+RUN_ID_LENGTH = 64
 
 registered_models = sa.Table(
     "registered_models",
@@ -60,7 +61,7 @@ model_versions = sa.Table(
     sa.Column("signature", sa.Text, nullable=False),  # Signature.to_dict() as JSON
     sa.Column("stage", sa.String(20), nullable=False, server_default="None"),
     sa.Column("source", sa.Text, nullable=True),
-    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("run_id", sa.String(RUN_ID_LENGTH), nullable=True),
     sa.Column("description", sa.Text, nullable=False, server_default=""),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from registry.errors import (
 from registry.schema import (
     CHANGES_ROW_ID,
     NAME_LENGTH,
+    RUN_ID_LENGTH,
     TAG_KEY_LENGTH,
     metadata,
     model_aliases,
@@ -66,14 +69,30 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _sqlite_enable_wal(cursor: Any) -> None:
+    """WAL lets readers and the writer proceed together. The mode is stored in the file, so only the
+    first connection switches it; that switch needs the file to itself and reports "database is
+    locked" at once instead of waiting out busy_timeout, hence the short retry loop."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # The sqlite3 module's own transaction handling only BEGINs before DML, so reads would run
     # outside the transaction; take control of BEGIN instead (SQLAlchemy docs, "sqlite_transactions").
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: switching to WAL may wait
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _sqlite_enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
     finally:
@@ -127,6 +146,12 @@ def _is_create_race(error: exc.DBAPIError) -> bool:
     return isinstance(error, exc.OperationalError) and "already exists" in str(error.orig)
 
 
+def _first_line(error: exc.DBAPIError) -> str:
+    """The driver's message without SQLAlchemy's statement dump and background link."""
+    lines = str(error.orig).strip().splitlines()
+    return lines[0] if lines else type(error.orig).__name__
+
+
 # --- validation --------------------------------------------------------------------------------
 
 
@@ -158,13 +183,21 @@ def _check_alias(alias: str) -> None:
         raise InvalidParameterValue(f"Alias name {alias!r} is reserved")
 
 
+def _check_text(label: str, value: str, limit: int | None = None) -> None:
+    # PostgreSQL text cannot hold NUL while SQLite can; refusing it keeps both backends alike.
+    if "\x00" in value:
+        raise InvalidParameterValue(f"{label} contains a NUL character")
+    if limit is not None and len(value) > limit:
+        raise InvalidParameterValue(f"{label} is longer than {limit} characters")
+
+
 def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
     checked = dict(tags or {})
     for key, value in checked.items():
-        if not key or len(key) > TAG_KEY_LENGTH:
-            raise InvalidParameterValue(f"Tag key {key!r} must have 1 to {TAG_KEY_LENGTH} characters")
-        if len(value) > TAG_VALUE_LENGTH:
-            raise InvalidParameterValue(f"Tag {key!r}: value is longer than {TAG_VALUE_LENGTH} characters")
+        if not key:
+            raise InvalidParameterValue("Tag key cannot be empty")
+        _check_text(f"Tag key {key!r}", key, TAG_KEY_LENGTH)
+        _check_text(f"Tag {key!r} value", value, TAG_VALUE_LENGTH)
     return checked
 
 
@@ -176,20 +209,6 @@ def _normalise_stage(stage: str) -> Stage:
 
 
 # --- rows -> entities ------------------------------------------------------------------------
-
-
-_VERSION_COLUMNS = (
-    model_versions.c.name,
-    model_versions.c.version,
-    model_versions.c.artifact_sha256,
-    model_versions.c.signature,
-    model_versions.c.stage,
-    model_versions.c.created_ms,
-    model_versions.c.updated_ms,
-    model_versions.c.source,
-    model_versions.c.run_id,
-    model_versions.c.description,
-)
 
 
 def _model_row(conn: Connection, name: str) -> sa.Row[Any]:
@@ -224,7 +243,7 @@ def _load_versions(
     conn: Connection, name: str, *where: sa.ColumnElement[bool], newest_only: bool = False
 ) -> list[ModelVersion]:
     """Versions of `name` matching `where`, ascending (or only the newest), with their tags and aliases."""
-    query = sa.select(*_VERSION_COLUMNS).where(model_versions.c.name == name, *where)
+    query = sa.select(model_versions).where(model_versions.c.name == name, *where)
     if newest_only:
         query = query.order_by(model_versions.c.version.desc()).limit(1)
     else:
@@ -279,6 +298,12 @@ def _newest(conn: Connection, name: str, *where: sa.ColumnElement[bool]) -> Mode
     return found[0] if found else None
 
 
+def _by_alias(conn: Connection, name: str, alias: str) -> ModelVersion | None:
+    number = sa.select(model_aliases.c.version).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+    found = _load_versions(conn, name, model_versions.c.version == number.scalar_subquery())
+    return found[0] if found else None
+
+
 def _bump_counter(conn: Connection) -> None:
     # First statement of every mutation: it takes the write lock (SQLite) or the row lock
     # (PostgreSQL) up front, so mutations run one at a time and version numbers cannot collide.
@@ -287,6 +312,51 @@ def _bump_counter(conn: Connection) -> None:
         .where(registry_changes.c.id == CHANGES_ROW_ID)
         .values(counter=registry_changes.c.counter + 1)
     )
+
+
+def _insert_model(conn: Connection, name: str, description: str, tags: dict[str, str]) -> RegisteredModel:
+    if _model_exists(conn, name):
+        raise ResourceAlreadyExists(f"Registered model {name!r} already exists")
+    now = _now_ms()
+    conn.execute(
+        sa.insert(registered_models).values(name=name, description=description, created_ms=now, updated_ms=now)
+    )
+    if tags:
+        conn.execute(sa.insert(registered_model_tags), [{"name": name, "key": k, "value": v} for k, v in tags.items()])
+    return RegisteredModel(name=name, description=description, created_ms=now, updated_ms=now, tags=tags)
+
+
+def _insert_version(conn: Connection, draft: ModelVersion, create_model: bool) -> ModelVersion:
+    """Insert `draft` as version max+1 of its model, stamped now."""
+    _bump_counter(conn)
+    if not _model_exists(conn, draft.name):
+        if not create_model:
+            raise ResourceDoesNotExist(f"Registered model {draft.name!r} not found")
+        _insert_model(conn, draft.name, "", {})
+    latest = conn.execute(
+        sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.name == draft.name)
+    ).scalar()
+    now = _now_ms()
+    mv = replace(draft, version=(latest or 0) + 1, created_ms=now, updated_ms=now)
+    conn.execute(
+        sa.insert(model_versions).values(
+            name=mv.name,
+            version=mv.version,
+            artifact_sha256=mv.artifact_sha256,
+            signature=json.dumps(mv.signature.to_dict(), separators=(",", ":")),
+            stage=mv.stage,
+            source=mv.source,
+            run_id=mv.run_id,
+            description=mv.description,
+            created_ms=now,
+            updated_ms=now,
+        )
+    )
+    if mv.tags:
+        rows = [{"name": mv.name, "version": mv.version, "key": k, "value": v} for k, v in mv.tags.items()]
+        conn.execute(sa.insert(model_version_tags), rows)
+    conn.execute(sa.update(registered_models).where(registered_models.c.name == mv.name).values(updated_ms=now))
+    return mv
 
 
 class RegistryStore:
@@ -325,8 +395,7 @@ class RegistryStore:
         self._engine.dispose()
 
     def _unavailable(self, error: exc.DBAPIError) -> StoreUnavailable:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
-        return StoreUnavailable(f"Registry database {self._label} is unavailable: {reason}")
+        return StoreUnavailable(f"Registry database {self._label} is unavailable: {_first_line(error)}")
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -335,6 +404,8 @@ class RegistryStore:
                 yield conn
         except (exc.OperationalError, exc.InterfaceError) as error:
             raise self._unavailable(error) from error
+        except exc.DataError as error:  # a value the database cannot store, e.g. NUL in a PostgreSQL lookup
+            raise InvalidParameterValue(f"Invalid value for the registry database: {_first_line(error)}") from error
 
     def _create_schema(self) -> None:
         """Idempotent, and safe when several processes start on an empty database at once."""
@@ -362,22 +433,10 @@ class RegistryStore:
     ) -> RegisteredModel:
         _check_name(name)
         checked_tags = _check_tags(tags)
+        _check_text("description", description)
         with self._tx() as conn:
             _bump_counter(conn)
-            return self._insert_model(conn, name, description, checked_tags)
-
-    def _insert_model(self, conn: Connection, name: str, description: str, tags: dict[str, str]) -> RegisteredModel:
-        if _model_exists(conn, name):
-            raise ResourceAlreadyExists(f"Registered model {name!r} already exists")
-        now = _now_ms()
-        conn.execute(
-            sa.insert(registered_models).values(name=name, description=description, created_ms=now, updated_ms=now)
-        )
-        if tags:
-            conn.execute(
-                sa.insert(registered_model_tags), [{"name": name, "key": k, "value": v} for k, v in tags.items()]
-            )
-        return RegisteredModel(name=name, description=description, created_ms=now, updated_ms=now, tags=tags)
+            return _insert_model(conn, name, description, checked_tags)
 
     def get_registered_model(self, name: str) -> RegisteredModel:
         with self._tx() as conn:
@@ -408,63 +467,37 @@ class RegistryStore:
         """Add version max+1 of `name` in stage "None", creating the model first when `create_model`."""
         _check_name(name)
         checked_tags = _check_tags(tags)
+        _check_text("description", description)
+        if source is not None:
+            _check_text("source", source)
+        if run_id is not None:
+            _check_text("run_id", run_id, RUN_ID_LENGTH)
         if not _SHA256_RE.fullmatch(artifact_sha256):
             raise InvalidParameterValue(f"artifact_sha256 {artifact_sha256!r} is not 64 lowercase hex digits")
-        signature_json = json.dumps(signature.to_dict(), separators=(",", ":"))
+        draft = ModelVersion(
+            name=name,
+            version=0,
+            artifact_sha256=artifact_sha256,
+            signature=signature,
+            stage="None",
+            created_ms=0,
+            updated_ms=0,
+            source=source,
+            run_id=run_id,
+            description=description,
+            tags=checked_tags,
+        )
         attempt = 1
         while True:
             try:
                 with self._tx() as conn:
-                    _bump_counter(conn)
-                    if not _model_exists(conn, name):
-                        if not create_model:
-                            raise ResourceDoesNotExist(f"Registered model {name!r} not found")
-                        self._insert_model(conn, name, "", {})
-                    latest = conn.execute(
-                        sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.name == name)
-                    ).scalar()
-                    version = (latest or 0) + 1
-                    now = _now_ms()
-                    conn.execute(
-                        sa.insert(model_versions).values(
-                            name=name,
-                            version=version,
-                            artifact_sha256=artifact_sha256,
-                            signature=signature_json,
-                            stage="None",
-                            source=source,
-                            run_id=run_id,
-                            description=description,
-                            created_ms=now,
-                            updated_ms=now,
-                        )
-                    )
-                    if checked_tags:
-                        rows = [{"name": name, "version": version, "key": k, "value": v} for k, v in checked_tags.items()]
-                        conn.execute(sa.insert(model_version_tags), rows)
-                    conn.execute(
-                        sa.update(registered_models).where(registered_models.c.name == name).values(updated_ms=now)
-                    )
+                    return _insert_version(conn, draft, create_model)
             except exc.IntegrityError:
-                # Mutations here serialise on the counter row, but a writer that bypasses this class
-                # could take the same number; start over with a fresh max.
+                # Mutations serialise on the counter row, but a writer that bypasses this class could
+                # take the same number; start over with a fresh max.
                 if attempt >= _VERSION_RETRIES:
                     raise
                 attempt += 1
-                continue
-            return ModelVersion(
-                name=name,
-                version=version,
-                artifact_sha256=artifact_sha256,
-                signature=signature,
-                stage="None",
-                created_ms=now,
-                updated_ms=now,
-                source=source,
-                run_id=run_id,
-                description=description,
-                tags=checked_tags,
-            )
 
     def get_model_version(self, name: str, version: int) -> ModelVersion:
         with self._tx() as conn:
@@ -523,16 +556,11 @@ class RegistryStore:
 
     def get_version_by_alias(self, name: str, alias: str) -> ModelVersion:
         with self._tx() as conn:
-            found = self._by_alias(conn, name, alias)
+            found = _by_alias(conn, name, alias)
             if found is None:
                 _model_row(conn, name)
                 raise ResourceDoesNotExist(f"Alias {alias!r} of registered model {name!r} not found")
             return found
-
-    def _by_alias(self, conn: Connection, name: str, alias: str) -> ModelVersion | None:
-        number = sa.select(model_aliases.c.version).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
-        found = _load_versions(conn, name, model_versions.c.version == number.scalar_subquery())
-        return found[0] if found else None
 
     # --- resolution ---
 
@@ -542,7 +570,7 @@ class RegistryStore:
         with self._tx() as conn:
             _model_row(conn, name)
             return (
-                self._by_alias(conn, name, CHAMPION)
+                _by_alias(conn, name, CHAMPION)
                 or _newest(conn, name, model_versions.c.stage == "Production")
                 or _newest(conn, name)
             )
@@ -558,7 +586,7 @@ class RegistryStore:
             elif ref.lower() == LATEST:
                 found = _newest(conn, name)
             else:
-                found = self._by_alias(conn, name, ref)
+                found = _by_alias(conn, name, ref)
                 stage = _STAGE_BY_LOWER.get(ref.lower())
                 if found is None and stage in _REF_STAGES:
                     found = _newest(conn, name, model_versions.c.stage == stage)

@@ -91,7 +91,7 @@ def _build_onnx(graph: onnx.GraphProto) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="gateway-tests")
     model.ir_version = 9
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from sqlalchemy.pool import NullPool
 from registry.entities import ModelVersion, Signature, TensorSpec
 from registry.errors import (
     InvalidParameterValue,
+    RegistryError,
     ResourceAlreadyExists,
     ResourceDoesNotExist,
     StoreUnavailable,
@@ -149,6 +151,24 @@ class TestModelVersions:
         """An artifact digest that is not 64 lowercase hex digits is refused."""
         with pytest.raises(InvalidParameterValue):
             registry_store.create_model_version("churn", sha, SIG)
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [{"description": "a\x00b"}, {"source": "\x00"}, {"run_id": "r" * 65}, {"tags": {"k": "v\x00"}}, {"tags": {"": "v"}}],
+    )
+    def test_values_neither_backend_can_store_alike(self, registry_store: RegistryStore, kwargs: dict[str, Any]) -> None:
+        """NUL characters, over-long run ids and empty tag keys are refused the same way on both backends."""
+        with pytest.raises(InvalidParameterValue):
+            registry_store.create_model_version("churn", SHA_A, SIG, **kwargs)
+        assert registry_store.list_registered_models() == []
+
+    def test_lookups_with_nul_raise_registry_errors(self, registry_store: RegistryStore) -> None:
+        """A lookup by a name PostgreSQL cannot even compare raises a RegistryError, not a driver error."""
+        add_versions(registry_store, "churn", 1)
+        with pytest.raises(RegistryError):
+            registry_store.get_registered_model("a\x00b")
+        with pytest.raises(RegistryError):
+            registry_store.resolve_version_ref("churn", "x\x00")
 
     def test_concurrent_registrations_get_distinct_consecutive_numbers(self, registry_url: str) -> None:
         """Versions registered from many threads at once, on a model none of them saw, are numbered 1..N."""

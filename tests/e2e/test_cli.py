@@ -90,3 +90,16 @@ class TestModels:
             assert len(r.json()["predictions"]) == 1
         finally:
             assert gw.stop() == 0
+
+
+def test_serve_with_two_workers_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    """`serve --workers 2` shares the port between two processes and exits 0 on SIGTERM."""
+    gw = start_gateway(tmp_path / "gw", "--demo", "--workers", "2")
+    try:
+        with httpx.Client(base_url=gw.url) as client:
+            for _ in range(20):
+                r = client.post("/v1/models/churn:predict", json={"instances": [[0.2] * 32]})
+                assert r.status_code == 200, r.text
+    finally:
+        assert gw.stop() == 0
+    assert gw.output().count("Application startup complete") == 2

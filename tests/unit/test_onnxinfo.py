@@ -20,7 +20,7 @@ def model_bytes(nodes: list[Any], inputs: list[Any], outputs: list[Any], *, chec
     model.ir_version = 9
     if check:
         onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def identity(elem_type: int, shape: list[Any] | None) -> bytes:
