@@ -12,18 +12,24 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.admin import Admin
 from gateway.config import Config
 from gateway.dataplane import DataPlane
 from gateway.endpoints import JSON, Endpoints
 from gateway.errors import GatewayError, render_error, status_for
+from gateway.mirror import Mirror
 from gateway.models import ModelPool
+from gateway.shadow import ShadowQueue
 from gateway.sync import RegistryFollower
+from monitoring.api import MetricsEndpoint
+from monitoring.metrics import GatewayMetrics
 from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.store import RegistryStore
@@ -31,7 +37,7 @@ from registry.store import RegistryStore
 log = logging.getLogger("gateway")
 
 
-async def _error(request: Request, exc: Exception) -> Response:
+def _render(request: Request, exc: Exception) -> Response:
     if isinstance(exc, GatewayError | RegistryError):
         return Response(render_error(exc.message), status_code=status_for(exc), media_type=JSON)
     if isinstance(exc, HTTPException):  # unknown path, wrong method: still the protocol's shape
@@ -59,18 +65,23 @@ def _install_drain_hook(on_drain: Callable[[], None]) -> None:
 
 def create_app(config: Config) -> Starlette:
     endpoints = Endpoints(config)
+    admin = Admin(config)
+    metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(RegistryStore, config.database_url)
         executor = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="inference")
         pool = ModelPool(ArtifactStore(config.artifacts_dir), config, executor)
-        dataplane = DataPlane(store, pool)
+        dataplane = DataPlane(store, pool, metrics)
         follower = RegistryFollower(store, dataplane, config.poll_interval_s)
-        endpoints.attach(dataplane, follower)
+        shadows = ShadowQueue(config.shadow_queue_size, config.shadow_workers, timeout=None)
+        http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
+        endpoints.attach(dataplane, follower, Mirror(shadows, metrics, http, config.shadow_timeout_s))
+        admin.attach(store, dataplane, follower)
         _install_drain_hook(lambda: setattr(endpoints, "draining", True))
+        shadows.start()
         follow = asyncio.create_task(follower.run(), name="registry-follower")
-        app.state.endpoints = endpoints
         try:
             yield
         finally:
@@ -78,6 +89,8 @@ def create_app(config: Config) -> Starlette:
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follow
+            await shadows.close()
+            await http.aclose()
             executor.shutdown(wait=True)
             await asyncio.to_thread(store.close)
 
@@ -96,11 +109,28 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models/{name}", e.v1_model, methods=["GET"]),
         Route("/v1/models/{name}:predict", e.v1_predict, methods=["POST"]),
         Route("/health", e.health_details, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(metrics.registry).exposition, methods=["GET"]),
+        Route("/admin/routes", admin.list_routes, methods=["GET"]),
+        Route("/admin/routes/{name}", admin.get_route, methods=["GET"]),
+        Route("/admin/routes/{name}", admin.put_route, methods=["PUT"]),
+        Route("/admin/routes/{name}", admin.delete_route, methods=["DELETE"]),
+        Route("/admin/audit", admin.audit, methods=["GET"]),
     ]
+    async def error(request: Request, exc: Exception) -> Response:
+        response = _render(request, exc)
+        path = request.url.path
+        protocol = "v2" if path.startswith("/v2/models/") else "v1" if path.startswith("/v1/models/") else None
+        if protocol is not None and request.method == "POST":  # failed inference requests count too
+            name = request.path_params.get("name", "")
+            # only known routes become label values: callers must not be able to grow the series count
+            route = name if name in endpoints.dataplane.snapshot.routes else "unknown"
+            metrics.requests.labels(route, "", "", protocol, str(response.status_code)).inc()
+        return response
+
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={GatewayError: _error, RegistryError: _error, HTTPException: _error, Exception: _error},
+        exception_handlers={GatewayError: error, RegistryError: error, HTTPException: error, Exception: error},
     )
 
 

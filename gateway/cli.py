@@ -56,7 +56,7 @@ def main() -> None:
     """gateway: serve ONNX models over KServe v1 and the Open Inference Protocol v2, from a registry."""
 
 
-@main.command()
+@main.command(context_settings={"auto_envvar_prefix": "GATEWAY"})  # GATEWAY_PORT, not GATEWAY_SERVE_PORT
 @click.option("--host", default=DEFAULTS.host, show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=DEFAULTS.port, show_default=True, help="Port to bind.")
 @click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True, help="Worker processes sharing the port.")
@@ -80,6 +80,14 @@ def main() -> None:
               show_default=True, help="Seconds to finish in-flight requests after SIGTERM.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default=DEFAULTS.log_level, show_default=True)
+@click.option("--admin-token", default=None, metavar="TOKEN",
+              help="Bearer token for /admin (required when --host is not a loopback address).")
+@click.option("--shadow-queue-size", type=int, default=DEFAULTS.shadow_queue_size, show_default=True,
+              help="Shadow copies waiting beyond this are dropped and counted.")
+@click.option("--shadow-workers", type=int, default=DEFAULTS.shadow_workers, show_default=True,
+              help="Concurrent shadow copies in flight.")
+@click.option("--shadow-timeout", "shadow_timeout_s", type=float, default=DEFAULTS.shadow_timeout_s,
+              show_default=True, help="Seconds a shadow copy may take before it counts as failed.")
 def serve(**values: Any) -> None:
     """Run the gateway (with no flags: embedded SQLite registry under ./.gateway, 127.0.0.1:8000)."""
     config = _config(**values)
@@ -196,3 +204,108 @@ def promote(name: str, version: int, stage: str | None, alias: str | None, archi
         raise click.ClickException(exc.message) from exc
     finally:
         store.close()
+
+
+@main.group()
+def routes() -> None:
+    """Show and change route policies (canary weights, sticky A/B splits, shadows)."""
+
+
+def _policy_json(policy: str | None, file: Path | None) -> object:
+    if (policy is None) == (file is None):
+        raise click.UsageError("give the policy as --json TEXT or --file PATH")
+    text = policy if policy is not None else file.read_text() if file is not None else ""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="'--json'/'--file'") from exc
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@routes.command("list")
+@registry_options
+def list_routes(data_dir: Path, registry_url: str | None) -> None:
+    """List the stored route policies (routes without one serve their model's default version)."""
+    store, _ = _open(data_dir, registry_url)
+    try:
+        records = store.list_routes()
+    finally:
+        store.close()
+    for record in records:
+        arms = ", ".join(f"{a['version']}:{a['weight']}" for a in record.policy["arms"])
+        click.echo(f"{record.name}  model={record.model}  split={record.policy['split']}  arms=[{arms}]"
+                   f"  shadows={len(record.policy.get('shadows', []))}  by={record.updated_by}")
+
+
+@routes.command("get")
+@click.argument("name")
+@registry_options
+def get_route(name: str, data_dir: Path, registry_url: str | None) -> None:
+    """Print the stored policy of route NAME as JSON."""
+    store, _ = _open(data_dir, registry_url)
+    try:
+        record = store.get_route(name)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(orjson.dumps(record.policy, option=orjson.OPT_INDENT_2).decode())
+
+
+@routes.command("set")
+@click.argument("name")
+@click.option("--json", "policy", metavar="TEXT", help="The policy as JSON text.")
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A JSON file with the policy.")
+@registry_options
+def set_route(name: str, policy: str | None, file: Path | None, data_dir: Path, registry_url: str | None) -> None:
+    """Store the policy of route NAME (validated against the registry, audited); gateways follow it."""
+    from gateway.admin import validate_policy
+    from gateway.errors import GatewayError
+
+    spec = _policy_json(policy, file)
+    store, _ = _open(data_dir, registry_url)
+    try:
+        checked = validate_policy(store, spec)
+        store.put_route(name, checked.model, checked.to_dict(), _actor())
+    except (GatewayError, RegistryError) as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"route {name} -> {checked.model}: " + ", ".join(f"{a.version} {a.weight:g}" for a in checked.arms))
+
+
+@routes.command("delete")
+@click.argument("name")
+@registry_options
+def delete_route(name: str, data_dir: Path, registry_url: str | None) -> None:
+    """Delete the stored policy of route NAME (it falls back to its model's default version)."""
+    store, _ = _open(data_dir, registry_url)
+    try:
+        store.delete_route(name, _actor())
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"route {name}: policy deleted")
+
+
+@routes.command("audit")
+@click.option("--route", default=None, help="Only this route's changes.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@registry_options
+def audit(route: str | None, limit: int, data_dir: Path, registry_url: str | None) -> None:
+    """Show route changes, newest first: who, when, old and new policy."""
+    store, _ = _open(data_dir, registry_url)
+    try:
+        entries = store.list_audit(route, limit)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    for entry in entries:
+        click.echo(orjson.dumps(entry.to_dict()).decode())

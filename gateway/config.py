@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from dataclasses import dataclass
@@ -11,6 +12,16 @@ from typing import Any, Literal
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 CONFIG_ENV = "GATEWAY_CONFIG_JSON"  # how `serve --workers N` hands the config to each worker process
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach; the admin API may go without a token there."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 class ConfigError(ValueError):
@@ -40,6 +51,10 @@ class Config:
     poll_interval_s: float = 0.5  # how often followers check the registry for changes
     graceful_timeout_s: float = 30.0
     log_level: LogLevel = "info"
+    admin_token: str | None = None  # required for /admin when bound to a non-loopback address
+    shadow_queue_size: int = 1024  # shadow copies waiting beyond this are dropped (and counted)
+    shadow_workers: int = 2
+    shadow_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -53,10 +68,20 @@ class Config:
             ("--max-body-bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("--poll-interval", 0.01 <= self.poll_interval_s <= 3600, "must be between 0.01 and 3600 seconds"),
             ("--graceful-timeout", self.graceful_timeout_s >= 0, "must be >= 0"),
+            ("--shadow-queue-size", self.shadow_queue_size >= 1, "must be at least 1"),
+            ("--shadow-workers", self.shadow_workers >= 1, "must be at least 1"),
+            ("--shadow-timeout", self.shadow_timeout_s > 0, "must be > 0"),
+            ("--admin-token", self.admin_token is None or len(self.admin_token) >= 16,
+             "must be at least 16 characters"),
         ]
         for flag, ok, reason in checks:
             if not ok:
                 raise ConfigError(flag, reason)
+        if self.admin_token is None and not is_loopback(self.host):
+            raise ConfigError(
+                "--admin-token",
+                f"required when binding to {self.host!r}, which is not a loopback address (set GATEWAY_ADMIN_TOKEN)",
+            )
         if self.registry_url is not None and "://" not in self.registry_url:
             raise ConfigError("--registry", f"{self.registry_url!r} is not a database URL (sqlite:///path or postgresql://...)")
 
@@ -68,6 +93,13 @@ class Config:
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir.resolve() / "artifacts"
+
+    def __repr__(self) -> str:  # never print the admin token
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            return "'***'" if name == "admin_token" and value else repr(value)
+
+        return "Config(" + ", ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self)) + ")"
 
     def to_json(self) -> str:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,64 +1,134 @@
-"""Protocol-neutral serving: resolve a route or version to a loaded model and run it. Knows no HTTP.
+"""Protocol-neutral serving: resolve a route (picking an arm) or a version to a loaded model, and run
+it. Knows no HTTP.
 
 The route map is an immutable snapshot swapped whole by the registry follower (gateway/sync.py), so
-the request path reads one reference and takes no lock.
+a request reads one reference and takes no lock: it sees the old table or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from gateway.errors import RouteNotFound, Unavailable, VersionNotFound
 from gateway.models import LoadedModel, ModelPool
+from gateway.routing import ArmSpec, CompiledRoute, RoutePolicy, compile_route
+from monitoring.metrics import GatewayMetrics, RequestMetrics
 from registry.errors import ResourceDoesNotExist
 from registry.store import RegistryStore
+
+DEFAULT_ARM = "default"  # the arm label of a route with no stored policy
+DIRECT_ARM = "direct"  # the arm label of /versions/{v} requests
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Arm:
+    """One compiled arm: its model and everything a response or a metric needs, built once."""
+
+    model: LoadedModel
+    label: str
+    headers: Mapping[str, str]
+    v1: RequestMetrics
+    v2: RequestMetrics
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ShadowTarget:
+    """Where a sampled copy goes: a loaded model, or a remote v2 infer URL."""
+
+    label: str
+    model: LoadedModel | None = None
+    url: str | None = None
+
+
+Route = CompiledRoute[Arm, ShadowTarget]
+
+
+def make_arm(route: str, label: str, model: LoadedModel, metrics: GatewayMetrics) -> Arm:
+    version = model.version_str
+    return Arm(
+        model=model,
+        label=label,
+        headers={"x-gateway-model": model.name, "x-gateway-model-version": version, "x-gateway-arm": label},
+        v1=metrics.for_request(route, label, version, "v1"),
+        v2=metrics.for_request(route, label, version, "v2"),
+    )
+
+
+def default_route(name: str, model: LoadedModel, metrics: GatewayMetrics) -> Route:
+    """A route with no stored policy: one arm on the version the registry resolves as serving."""
+    policy = RoutePolicy(model.name, (ArmSpec(DEFAULT_ARM, 1.0),), "random", None, ())
+    return compile_route(name, policy, [make_arm(name, DEFAULT_ARM, model, metrics)], [])
 
 
 @dataclass(frozen=True, slots=True)
 class RouteSnapshot:
     """What each route serves now, and why the routes that serve nothing don't."""
 
-    serving: Mapping[str, LoadedModel] = field(default_factory=lambda: MappingProxyType({}))
+    routes: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
     unavailable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class DataPlane:
-    """Resolves `{name}` (a route) or `{name}/versions/{v}` (a version) to a LoadedModel."""
+    """Resolves `{name}` (a route) or `{name}/versions/{v}` (a version) to an Arm."""
 
-    def __init__(self, store: RegistryStore, pool: ModelPool) -> None:
+    def __init__(self, store: RegistryStore, pool: ModelPool, metrics: GatewayMetrics) -> None:
         self.store = store
         self.pool = pool
+        self.metrics = metrics
         self.snapshot = RouteSnapshot()
         self.pinned: set[tuple[str, int]] = set()  # versions loaded because a caller addressed them directly
+        self._direct: dict[tuple[str, int], Arm] = {}
+        self.random = random.random  # bound once: the per-request draw for weighted picks
 
     def swap(self, snapshot: RouteSnapshot) -> None:
         self.snapshot = snapshot
 
-    def route(self, name: str) -> LoadedModel:
-        """The model a route serves now. Raises RouteNotFound, or Unavailable when nothing loaded."""
-        model = self.snapshot.serving.get(name)
-        if model is not None:
-            return model
+    def route(self, name: str) -> Route:
+        """The compiled route. Raises RouteNotFound, or Unavailable when nothing could be loaded."""
+        route = self.snapshot.routes.get(name)
+        if route is not None:
+            return route
         reason = self.snapshot.unavailable.get(name)
         if reason is not None:
             raise Unavailable(f"model '{name}' is not available: {reason}")
         raise RouteNotFound(f"Request for unknown model: '{name}' is not found")
 
-    async def version(self, name: str, version: str) -> LoadedModel:
+    def pick(self, route: Route, key: bytes | None) -> Arm:
+        return route.arms[route.pick(key, self.random())]
+
+    def shadows_for(self, route: Route) -> list[ShadowTarget]:
+        draw = self.random
+        return route.sampled_shadows([draw() for _ in route.shadows])
+
+    async def version(self, name: str, version: str) -> Arm:
         """A version addressed directly; loaded on first use (off the loop) and kept while pinned."""
         if not version.isdigit():
             raise VersionNotFound(f"model '{name}' has no version '{version}' (versions are positive integers)")
         number = int(version)
+        arm = self._direct.get((name, number))
+        if arm is not None and self.pool.get(name, number) is arm.model:
+            return arm
         model = self.pool.get(name, number)
-        if model is not None:
-            return model
+        if model is None:
+            model = await self._load_version(name, number)
+        arm = make_arm(name, DIRECT_ARM, model, self.metrics)
+        self._direct[(name, number)] = arm
+        return arm
+
+    async def _load_version(self, name: str, number: int) -> LoadedModel:
         try:
             mv = await asyncio.to_thread(self.store.get_model_version, name, number)
         except ResourceDoesNotExist as exc:
-            if name not in self.snapshot.serving and name not in self.snapshot.unavailable:
+            known = any(r.policy.model == name for r in self.snapshot.routes.values()) or name in self.snapshot.unavailable
+            if not known:
                 raise RouteNotFound(f"Request for unknown model: '{name}' is not found") from exc
             raise VersionNotFound(f"model '{name}' has no version {number}") from exc
         failure = self.pool.failures.get((name, number))
@@ -70,3 +140,27 @@ class DataPlane:
             raise Unavailable(f"model '{name}' version {number} failed to load: {exc}") from exc
         self.pinned.add((name, number))
         return model
+
+
+def sticky_key_of(value: Any) -> bytes | None:
+    """The bytes a sticky split hashes: strings as UTF-8, numbers by their decimal text, arrays by
+    their first element (an entity field sent as a tensor)."""
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return None
+        value = value.reshape(-1)[0]
+        if isinstance(value, np.generic):
+            value = value.item()
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str | int):
+        return str(value).encode()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)).encode()
+    return str(value).encode()
+
+
+def without_input(inputs: Mapping[str, npt.NDArray[Any]], name: str) -> dict[str, npt.NDArray[Any]]:
+    return {k: v for k, v in inputs.items() if k != name}

@@ -2,6 +2,9 @@
 
 GatewayError
  ├── InvalidInput          400  malformed body, wrong dtype/shape, bad parameter
+ │    └── InvalidPolicy    422  a well-formed route policy that cannot apply (unknown model, bad weights)
+ ├── Unauthorized          401  admin call without a bearer token
+ ├── Forbidden             403  admin call with the wrong token
  ├── NotFound              404
  │    ├── RouteNotFound         unknown route / model name
  │    └── VersionNotFound       unknown version of a known model
@@ -33,6 +36,18 @@ class InvalidInput(GatewayError):
     code = "invalid_input"
 
 
+class InvalidPolicy(InvalidInput):
+    code = "invalid_policy"
+
+
+class Unauthorized(GatewayError):
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    code = "forbidden"
+
+
 class NotFound(GatewayError):
     code = "not_found"
 
@@ -61,6 +76,9 @@ class InferenceFailed(GatewayError):
 STATUS_FOR: dict[type[Exception], int] = {
     GatewayError: 500,
     InvalidInput: 400,
+    InvalidPolicy: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     PayloadTooLarge: 413,
     Unavailable: 503,

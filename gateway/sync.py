@@ -1,14 +1,17 @@
-"""Registry follower: notices registry changes by a counter, loads what routes now need off the
-request path, then swaps the route snapshot in one assignment."""
+"""Registry follower: notices registry changes by a counter, resolves every route's arms and shadows,
+loads what they need off the request path, then swaps the route snapshot in one assignment."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from dataclasses import dataclass
 from types import MappingProxyType
 
-from gateway.dataplane import DataPlane, RouteSnapshot
+from gateway.dataplane import DataPlane, Route, RouteSnapshot, ShadowTarget, default_route, make_arm
 from gateway.models import LoadedModel
+from gateway.routing import PolicyError, RoutePolicy, compile_route
 from registry.entities import ModelVersion
 from registry.errors import RegistryError, ResourceDoesNotExist
 from registry.store import RegistryStore
@@ -16,15 +19,55 @@ from registry.store import RegistryStore
 log = logging.getLogger("gateway.sync")
 
 
-def _desired_versions(store: RegistryStore) -> dict[str, ModelVersion | None]:
-    """Blocking: every registered model is a route serving champion > Production > newest."""
-    desired: dict[str, ModelVersion | None] = {}
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """One route as the registry describes it, refs resolved: a ModelVersion per arm and per version
+    shadow (None for URL shadows), or the reason it cannot be served."""
+
+    name: str
+    policy: RoutePolicy | None  # None: no stored policy, serve the model's default version
+    arms: tuple[ModelVersion, ...] = ()
+    shadows: tuple[ModelVersion | str | None, ...] = ()  # str: why that shadow cannot be resolved
+    error: str | None = None
+
+
+def _resolve(store: RegistryStore, model: str, ref: str) -> ModelVersion:
+    return store.resolve_version_ref(model, ref)
+
+
+def plan_routes(store: RegistryStore) -> dict[str, RoutePlan]:
+    """Blocking: every stored route, plus a default route for each model without a route of its name."""
+    plans: dict[str, RoutePlan] = {}
+    stored = {record.name: record for record in store.list_routes()}
     for model in store.list_registered_models():
+        if model.name in stored:
+            continue
         try:
-            desired[model.name] = store.resolve_serving_version(model.name)
+            mv = store.resolve_serving_version(model.name)
         except ResourceDoesNotExist:  # deleted between the two reads
             continue
-    return desired
+        if mv is None:
+            plans[model.name] = RoutePlan(model.name, None, error="it has no versions")
+        else:
+            plans[model.name] = RoutePlan(model.name, None, arms=(mv,))
+    for name, record in stored.items():
+        try:
+            policy = RoutePolicy.parse(record.policy)
+            arms = tuple(_resolve(store, policy.model, arm.version) for arm in policy.arms)
+        except (PolicyError, RegistryError) as exc:
+            plans[name] = RoutePlan(name, None, error=str(exc))
+            continue
+        shadows: list[ModelVersion | str | None] = []
+        for shadow in policy.shadows:
+            if shadow.version is None:
+                shadows.append(None)
+                continue
+            try:
+                shadows.append(_resolve(store, policy.model, shadow.version))
+            except RegistryError as exc:
+                shadows.append(str(exc))
+        plans[name] = RoutePlan(name, policy, arms=arms, shadows=tuple(shadows))
+    return plans
 
 
 class RegistryFollower:
@@ -35,41 +78,85 @@ class RegistryFollower:
         self._dataplane = dataplane
         self._interval = poll_interval_s
         self._counter: int | None = None
+        self._lock = asyncio.Lock()  # the poller and admin writes may both ask for a sync
         self.ready = asyncio.Event()
         self.last_error: str | None = None
 
     async def sync_once(self) -> None:
         """Read the counter first, so a change made during this sync triggers the next one."""
-        counter = await asyncio.to_thread(self._store.change_counter)
-        desired = await asyncio.to_thread(_desired_versions, self._store)
-        pool = self._dataplane.pool
-        current = self._dataplane.snapshot.serving
-        serving: dict[str, LoadedModel] = {}
-        unavailable: dict[str, str] = {}
-        for route, mv in desired.items():
-            if mv is None:
-                unavailable[route] = "it has no versions"
-                continue
-            failure = pool.failures.get((mv.name, mv.version))
-            if failure is None:
+        async with self._lock:
+            counter = await asyncio.to_thread(self._store.change_counter)
+            plans = await asyncio.to_thread(plan_routes, self._store)
+            current = self._dataplane.snapshot.routes
+            routes: dict[str, Route] = {}
+            unavailable: dict[str, str] = {}
+            for name, plan in plans.items():
                 try:
-                    serving[route] = await pool.load(mv)
+                    routes[name] = await self._compile(plan)
                     continue
                 except Exception as exc:
-                    failure = str(exc)
-            previous = current.get(route)
-            if previous is not None:  # a bad version never replaces a good one
-                log.error("%s: version %d failed to load, still serving v%d: %s", route, mv.version, previous.version, failure)
-                serving[route] = previous
-            else:
-                unavailable[route] = f"version {mv.version} failed to load: {failure}"
-        self._dataplane.swap(RouteSnapshot(MappingProxyType(serving), MappingProxyType(unavailable)))
-        keep = {(m.name, m.version) for m in serving.values()} | self._dataplane.pinned
+                    reason = str(exc)
+                previous = current.get(name)
+                if previous is not None:  # a route that cannot be compiled never replaces a good one
+                    log.error("route %s: %s; still serving its previous table", name, reason)
+                    routes[name] = previous
+                else:
+                    log.error("route %s is unavailable: %s", name, reason)
+                    unavailable[name] = reason
+            self._dataplane.swap(RouteSnapshot(MappingProxyType(routes), MappingProxyType(unavailable)))
+            self._unload_unused(routes)
+            self._counter = counter
+            self._dataplane.metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
+            self.ready.set()
+
+    async def _load(self, mv: ModelVersion) -> LoadedModel:
+        pool = self._dataplane.pool
+        failure = pool.failures.get((mv.name, mv.version))
+        if failure is not None:  # a broken artifact stays broken: don't retry it on every change
+            raise RuntimeError(f"version {mv.version} failed to load: {failure}")
+        try:
+            model = await pool.load(mv)
+        except Exception as exc:
+            self._dataplane.metrics.model_loads.labels(mv.name, str(mv.version), "failed").inc()
+            raise RuntimeError(f"version {mv.version} failed to load: {exc}") from exc
+        self._dataplane.metrics.model_loads.labels(mv.name, str(mv.version), "ok").inc()
+        return model
+
+    async def _compile(self, plan: RoutePlan) -> Route:
+        if plan.error is not None:
+            raise RuntimeError(plan.error)
+        metrics = self._dataplane.metrics
+        if plan.policy is None:
+            return default_route(plan.name, await self._load(plan.arms[0]), metrics)
+        policy = plan.policy
+        arms = [
+            make_arm(plan.name, spec.version, await self._load(mv), metrics)
+            for spec, mv in zip(policy.arms, plan.arms, strict=True)
+        ]
+        kept_specs, targets = [], []
+        for spec, resolved in zip(policy.shadows, plan.shadows, strict=True):
+            label = spec.version or spec.url or "?"
+            try:
+                if isinstance(resolved, str):
+                    raise RuntimeError(resolved)
+                model = await self._load(resolved) if resolved is not None else None
+            except Exception as exc:  # a broken shadow never takes the primary down
+                log.error("route %s: shadow %s dropped: %s", plan.name, label, exc)
+                continue
+            kept_specs.append(spec)
+            targets.append(ShadowTarget(label=label, model=model, url=spec.url))
+        policy = dataclasses.replace(policy, shadows=tuple(kept_specs))
+        return compile_route(plan.name, policy, arms, targets)
+
+    def _unload_unused(self, routes: dict[str, Route]) -> None:
+        keep = set(self._dataplane.pinned)
+        for route in routes.values():
+            keep.update((arm.model.name, arm.model.version) for arm in route.arms)
+            keep.update((s.model.name, s.model.version) for s in route.shadows if s.model is not None)
+        pool = self._dataplane.pool
         for model in pool.loaded():
             if (model.name, model.version) not in keep:
                 pool.unload(model.name, model.version)
-        self._counter = counter
-        self.ready.set()
 
     async def run(self) -> None:
         """Sync now, then poll the change counter forever; a registry outage keeps the last snapshot."""
@@ -77,14 +164,17 @@ class RegistryFollower:
             try:
                 if self._counter is None or await asyncio.to_thread(self._store.change_counter) != self._counter:
                     await self.sync_once()
+                    self._dataplane.metrics.registry_syncs.labels("ok").inc()
                 if self.last_error is not None:
                     log.info("registry reachable again")
                 self.last_error = None
             except RegistryError as exc:
+                self._dataplane.metrics.registry_syncs.labels("error").inc()
                 if self.last_error is None:
                     log.warning("registry unavailable, serving the last known routes: %s", exc)
                 self.last_error = str(exc)
             except Exception as exc:  # a bug must not stop the follower; the next change retries
+                self._dataplane.metrics.registry_syncs.labels("error").inc()
                 log.exception("registry sync failed")
                 self.last_error = str(exc)
             await asyncio.sleep(self._interval)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 Stage = Literal["None", "Staging", "Production", "Archived"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
+AuditAction = Literal["put", "delete"]
+AUDIT_ACTIONS: tuple[AuditAction, ...] = get_args(AuditAction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +72,51 @@ class ModelVersion:
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict, hash=False)
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """The stored policy of one route: the gateway routes `name` to registered model `model` by `policy`.
+    Times are Unix epoch milliseconds; `updated_by` is the actor of the last put."""
+
+    name: str
+    model: str
+    policy: dict[str, Any] = field(hash=False)
+    created_ms: int
+    updated_ms: int
+    updated_by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "policy": copy.deepcopy(self.policy),
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+            "updated_by": self.updated_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One put or delete of a route's policy. `id` grows with every entry; `old_policy` is None when the
+    route had none, `new_policy` is None for a delete."""
+
+    id: int
+    route: str
+    action: AuditAction
+    actor: str
+    at_ms: int
+    old_policy: dict[str, Any] | None = field(hash=False)
+    new_policy: dict[str, Any] | None = field(hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "route": self.route,
+            "action": self.action,
+            "actor": self.actor,
+            "at_ms": self.at_ms,
+            "old_policy": copy.deepcopy(self.old_policy),
+            "new_policy": copy.deepcopy(self.new_policy),
+        }

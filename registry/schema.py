@@ -1,13 +1,13 @@
 """The registry's tables and indexes (SQLAlchemy Core), in one place for SQLite and PostgreSQL.
 
-Experiments, runs and routes will join this module as their own tables; nothing here depends on them.
+Experiments and runs will join this module as their own tables; nothing here depends on them.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from registry.entities import STAGES
+from registry.entities import AUDIT_ACTIONS, STAGES
 
 # Stable constraint names, so a later migration can refer to them on both dialects.
 NAMING_CONVENTION: dict[str, str] = {
@@ -24,6 +24,7 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 NAME_LENGTH = 256
 TAG_KEY_LENGTH = 250
 RUN_ID_LENGTH = 64
+ACTOR_LENGTH = 256
 
 registered_models = sa.Table(
     "registered_models",
@@ -114,3 +115,37 @@ registry_changes = sa.Table(
 )
 
 CHANGES_ROW_ID = 1
+
+# One row per route that has a stored policy. `model` names a registered model without a foreign key:
+# the gateway validates a policy against the registry before storing it.
+routes = sa.Table(
+    "routes",
+    metadata,
+    sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("model", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("policy", sa.Text, nullable=False),  # the policy dict as JSON
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(ACTOR_LENGTH), nullable=False),
+)
+
+# Append-only: one row per route put or delete, written in the same transaction as the change.
+route_audit = sa.Table(
+    "route_audit",
+    metadata,
+    # SQLite assigns ids only to an INTEGER PRIMARY KEY (a 64-bit rowid alias), never to BIGINT.
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("route", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("old_policy", sa.Text, nullable=True),  # JSON; NULL when the route had no policy
+    sa.Column("new_policy", sa.Text, nullable=True),  # JSON; NULL for a delete
+    sa.CheckConstraint(sa.column("action").in_(AUDIT_ACTIONS), name="action"),
+    # The audit of one route, newest first.
+    sa.Index(None, "route", "id"),
+    # AUTOINCREMENT: like a PostgreSQL sequence, SQLite then never reuses the id of a deleted newest row.
+    sqlite_autoincrement=True,
+)

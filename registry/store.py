@@ -1,5 +1,5 @@
-"""RegistryStore: models, versions, stages and aliases over one SQLAlchemy engine, SQLite (WAL) or
-PostgreSQL; every mutation bumps the change counter that followers poll.
+"""RegistryStore: models, versions, stages, aliases and route policies over one SQLAlchemy engine,
+SQLite (WAL) or PostgreSQL; every mutation bumps the change counter that followers poll.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 
-from registry.entities import STAGES, ModelVersion, RegisteredModel, Signature, Stage
+from registry import routes
+from registry.entities import STAGES, AuditEntry, ModelVersion, RegisteredModel, RouteRecord, Signature, Stage
 from registry.errors import (
     InvalidParameterValue,
     ResourceAlreadyExists,
@@ -159,14 +160,14 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, noun: str = "registered model") -> None:
     if not name:
-        raise InvalidParameterValue("Registered model name cannot be empty")
+        raise InvalidParameterValue(f"{noun.capitalize()} name cannot be empty")
     if len(name) > NAME_LENGTH:
-        raise InvalidParameterValue(f"Registered model name is longer than {NAME_LENGTH} characters")
+        raise InvalidParameterValue(f"{noun.capitalize()} name is longer than {NAME_LENGTH} characters")
     if not _NAME_RE.fullmatch(name):
         raise InvalidParameterValue(
-            f"Invalid registered model name {name!r}: use only letters, digits, '_', '.' and '-'"
+            f"Invalid {noun} name {name!r}: use only letters, digits, '_', '.' and '-'"
         )
 
 
@@ -593,6 +594,40 @@ class RegistryStore:
             if found is None:
                 raise ResourceDoesNotExist(f"No version of registered model {name!r} matches {ref!r}")
             return found
+
+    # --- route policies (logic in registry/routes.py) ---
+
+    def put_route(self, name: str, model: str, policy: dict[str, Any], actor: str) -> RouteRecord:
+        """Store `policy` (a JSON object of at most 64 KiB) as route `name`'s, replacing any, and audit it.
+        `model` need not be registered: the gateway validates policies before storing them."""
+        _check_name(name, "route")
+        _check_name(model)
+        with self._tx() as conn:
+            _bump_counter(conn)
+            return routes.put_route(conn, name, model, policy, actor, _now_ms())[0]
+
+    def delete_route(self, name: str, actor: str) -> None:
+        """Remove route `name`'s policy and audit it; ResourceDoesNotExist when it has none."""
+        _check_name(name, "route")
+        with self._tx() as conn:
+            _bump_counter(conn)
+            routes.delete_route(conn, name, actor, _now_ms())
+
+    def get_route(self, name: str) -> RouteRecord:
+        with self._tx() as conn:
+            return routes.get_route(conn, name)
+
+    def list_routes(self) -> list[RouteRecord]:
+        """All stored routes, by name in byte order."""
+        with self._tx() as conn:
+            return routes.list_routes(conn)
+
+    def list_audit(self, route: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` (1..10000) route audit entries, of `route` only when given, newest first."""
+        if route is not None:
+            _check_name(route, "route")
+        with self._tx() as conn:
+            return routes.list_audit(conn, route, limit)
 
     # --- followers ---
 

@@ -1,0 +1,172 @@
+"""/admin/routes and /admin/audit: bearer-token auth (constant-time compare), policy validation
+against the registry, audited writes, and an immediate local resync (other replicas poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.config import Config
+from gateway.dataplane import DataPlane, Route
+from gateway.errors import Forbidden, InvalidInput, InvalidPolicy, RouteNotFound, Unauthorized
+from gateway.routing import PolicyError, RoutePolicy, check_shadows_distinct
+from gateway.sync import RegistryFollower
+from registry.errors import RegistryError, ResourceDoesNotExist
+from registry.store import RegistryStore
+
+JSON = "application/json"
+MAX_POLICY_BYTES = 64 * 1024
+
+
+def token_id(token: str) -> str:
+    """How the audit names a token holder without storing the token."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def validate_policy(store: RegistryStore, spec: object) -> RoutePolicy:
+    """Blocking: parse `spec` and check it against the registry. Raises InvalidPolicy naming the field."""
+    try:
+        policy = RoutePolicy.parse(spec)
+    except PolicyError as exc:
+        raise InvalidPolicy(str(exc)) from exc
+    try:
+        store.get_registered_model(policy.model)
+    except ResourceDoesNotExist as exc:
+        raise InvalidPolicy(f"model: '{policy.model}' is not a registered model") from exc
+
+    def resolve(where: str, ref: str) -> int:
+        try:
+            return store.resolve_version_ref(policy.model, ref).version
+        except RegistryError as exc:
+            raise InvalidPolicy(f"{where}.version: '{ref}' does not name a version of '{policy.model}' ({exc})") from exc
+
+    arms = [resolve(f"arms[{i}]", arm.version) for i, arm in enumerate(policy.arms)]
+    shadows = [
+        resolve(f"shadows[{i}]", s.version) if s.version is not None else None for i, s in enumerate(policy.shadows)
+    ]
+    try:
+        check_shadows_distinct(policy, arms, shadows)
+    except PolicyError as exc:
+        raise InvalidPolicy(str(exc)) from exc
+    return policy
+
+
+def describe_route(route: Route) -> dict[str, Any]:
+    """What this replica serves for a route now: each arm's resolved version and weight, and shadows."""
+    return {
+        "model": route.policy.model,
+        "split": route.split,
+        "arms": [
+            {"arm": arm.label, "version": arm.model.version_str, "weight": spec.weight}
+            for arm, spec in zip(route.arms, route.policy.arms, strict=True)
+        ],
+        "shadows": [
+            {"shadow": target.label, "version": target.model.version_str if target.model else None,
+             "url": target.url, "sample": sample}
+            for target, sample in zip(route.shadows, route.shadow_samples, strict=True)
+        ],
+    }
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON)
+
+
+class Admin:
+    """Handlers for the admin API; `attach` hands them the registry once the lifespan opened it."""
+
+    store: RegistryStore
+    dataplane: DataPlane
+    follower: RegistryFollower
+
+    def __init__(self, config: Config) -> None:
+        self._token = config.admin_token.encode() if config.admin_token else None
+        self._actor = token_id(config.admin_token) if config.admin_token else "local"
+
+    def attach(self, store: RegistryStore, dataplane: DataPlane, follower: RegistryFollower) -> None:
+        self.store = store
+        self.dataplane = dataplane
+        self.follower = follower
+
+    def _authorize(self, request: Request) -> str:
+        """The actor for the audit. 401 without a bearer token, 403 with the wrong one."""
+        if self._token is None:
+            return self._actor
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("admin API: send 'Authorization: Bearer <GATEWAY_ADMIN_TOKEN>'")
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise Forbidden("admin API: the bearer token is not valid")
+        return self._actor
+
+    async def list_routes(self, request: Request) -> Response:
+        self._authorize(request)
+        stored = {r.name: r for r in await asyncio.to_thread(self.store.list_routes)}
+        served = self.dataplane.snapshot.routes
+        names = sorted(set(stored) | set(served) | set(self.dataplane.snapshot.unavailable))
+        return _json({"routes": [self._view(name, stored.get(name)) for name in names]})
+
+    async def get_route(self, request: Request) -> Response:
+        self._authorize(request)
+        name = request.path_params["name"]
+        try:
+            record = await asyncio.to_thread(self.store.get_route, name)
+        except ResourceDoesNotExist:
+            record = None
+        if record is None and name not in self.dataplane.snapshot.routes and name not in self.dataplane.snapshot.unavailable:
+            raise RouteNotFound(f"route '{name}' does not exist")
+        return _json(self._view(name, record))
+
+    def _view(self, name: str, record: Any) -> dict[str, Any]:
+        route = self.dataplane.snapshot.routes.get(name)
+        return {
+            "name": name,
+            "policy": record.policy if record is not None else None,
+            "updated_ms": record.updated_ms if record is not None else None,
+            "updated_by": record.updated_by if record is not None else None,
+            "serving": describe_route(route) if route is not None else None,
+            "unavailable": self.dataplane.snapshot.unavailable.get(name),
+        }
+
+    async def put_route(self, request: Request) -> Response:
+        actor = self._authorize(request)
+        name = request.path_params["name"]
+        body = await request.body()
+        if len(body) > MAX_POLICY_BYTES:
+            raise InvalidInput(f"policy body exceeds {MAX_POLICY_BYTES} bytes")
+        try:
+            spec = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"policy body is not valid JSON: {exc}") from exc
+        policy = await asyncio.to_thread(validate_policy, self.store, spec)
+        await asyncio.to_thread(self.store.put_route, name, policy.model, policy.to_dict(), actor)
+        self.dataplane.metrics.route_changes.labels(name, "put").inc()
+        await self.follower.sync_once()  # this replica applies it now; the others within a poll interval
+        return await self.get_route(request)
+
+    async def delete_route(self, request: Request) -> Response:
+        actor = self._authorize(request)
+        name = request.path_params["name"]
+        try:
+            await asyncio.to_thread(self.store.delete_route, name, actor)
+        except ResourceDoesNotExist as exc:
+            raise RouteNotFound(f"route '{name}' has no stored policy") from exc
+        self.dataplane.metrics.route_changes.labels(name, "delete").inc()
+        await self.follower.sync_once()
+        return _json({"name": name, "deleted": True})
+
+    async def audit(self, request: Request) -> Response:
+        self._authorize(request)
+        route = request.query_params.get("route")
+        limit_text = request.query_params.get("limit", "100")
+        if not limit_text.isdigit():
+            raise InvalidInput(f"limit: expected a positive integer, got {limit_text!r}")
+        entries = await asyncio.to_thread(self.store.list_audit, route, int(limit_text))
+        return _json({"entries": [e.to_dict() for e in entries]})
