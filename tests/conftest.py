@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import redis
 import sqlalchemy as sa
 from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy.pool import NullPool
@@ -124,3 +130,87 @@ def string_onnx_bytes() -> bytes:
         ],
     )
     return _build_onnx(graph)
+
+
+# --- redis fixtures ---
+
+REDIS_INSTALL_HINT = (
+    "Redis tests need the redis-server binary on PATH (Debian/Ubuntu: apt-get install redis-server) "
+    "or GATEWAY_TEST_REDIS_URL=redis://host:port/db pointing at a Redis the tests may write to"
+)
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    """A Redis for tests: `owned` when the session started it (tests may FLUSHALL it)."""
+
+    url: str
+    owned: bool
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis_server(port: int | None = None) -> RedisServer:
+    """Start a private redis-server on a free loopback port (no persistence), ready when it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(REDIS_INSTALL_HINT)
+    port = port or _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"redis-server on port {port} did not start ({REDIS_INSTALL_HINT})")
+            time.sleep(0.02)
+    client.close()
+    return RedisServer(url, owned=True, process=proc)
+
+
+def stop_redis_server(server: RedisServer) -> None:
+    if server.process is not None and server.process.poll() is None:
+        server.process.terminate()
+        server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's Redis: GATEWAY_TEST_REDIS_URL if set, else a private redis-server; fails (never
+    skips) with an install hint when neither works."""
+    url = os.environ.get("GATEWAY_TEST_REDIS_URL")
+    if url:
+        try:
+            redis.Redis.from_url(url).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"GATEWAY_TEST_REDIS_URL={url} is not reachable: {exc}")
+        yield RedisServer(url, owned=False)
+        return
+    server = start_redis_server()
+    yield server
+    stop_redis_server(server)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A Redis URL for one test; the session's own server is flushed first so tests start empty.
+    With an external GATEWAY_TEST_REDIS_URL nothing is flushed: tests must use their own key prefixes."""
+    if redis_server.owned:
+        client = redis.Redis.from_url(redis_server.url)
+        client.flushall()
+        client.close()
+    return redis_server.url
