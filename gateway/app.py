@@ -23,7 +23,7 @@ from gateway.admin import Admin
 from gateway.config import Config
 from gateway.dataplane import DataPlane
 from gateway.endpoints import JSON, Endpoints
-from gateway.errors import GatewayError, render_error, status_for
+from gateway.errors import GatewayError, Overloaded, render_error, status_for
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.shadow import ShadowQueue
@@ -38,6 +38,9 @@ log = logging.getLogger("gateway")
 
 
 def _render(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, Overloaded):  # shed load at once; tell well-behaved clients when to come back
+        headers = {"retry-after": str(exc.retry_after_s)}
+        return Response(render_error(exc.message), status_code=503, media_type=JSON, headers=headers)
     if isinstance(exc, GatewayError | RegistryError):
         return Response(render_error(exc.message), status_code=status_for(exc), media_type=JSON)
     if isinstance(exc, HTTPException):  # unknown path, wrong method: still the protocol's shape
@@ -72,7 +75,7 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(RegistryStore, config.database_url)
         executor = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="inference")
-        pool = ModelPool(ArtifactStore(config.artifacts_dir), config, executor)
+        pool = ModelPool(ArtifactStore(config.artifacts_dir), config, executor, metrics)
         dataplane = DataPlane(store, pool, metrics)
         follower = RegistryFollower(store, dataplane, config.poll_interval_s)
         shadows = ShadowQueue(config.shadow_queue_size, config.shadow_workers, timeout=None)

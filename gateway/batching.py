@@ -1,6 +1,8 @@
-"""Micro-batching: requests that reach a model in the same event-loop turn share one session.run.
+"""Micro-batching: requests that reach a model together share one session.run.
 
-Pure stack/split helpers first, then the MicroBatcher that owns the queue. Each request keeps one
+Pure stack/split helpers first, then the MicroBatcher that owns the queue. A request that finds the
+model idle runs at once (in the same event-loop turn as the requests that arrived with it); requests
+that arrive while the model is busy queue and run stacked when it frees up. Each request keeps one
 future; no ids. A batch that fails is retried request by request, so one bad request fails alone.
 """
 
@@ -9,12 +11,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 Arrays = list[npt.NDArray[np.generic]]
 RunFn = Callable[[Arrays], Arrays]
+Reason = Literal["idle", "full", "deadline"]
+# rows in the batch, seconds its oldest request waited, why it was released
+Observer = Callable[[int, float, Reason], None]
+
+
+class QueueFull(Exception):
+    """The model's queue holds its limit of rows; the caller should answer 503 at once."""
 
 
 def stack_requests(requests: Sequence[Arrays]) -> tuple[Arrays, list[int]]:
@@ -36,10 +47,21 @@ def batch_key(arrays: Arrays) -> tuple[object, ...]:
     return tuple((a.dtype, a.shape[1:]) for a in arrays)
 
 
+@dataclass(slots=True)
+class _Item:
+    arrays: Arrays
+    future: asyncio.Future[Arrays]
+    rows: int
+    queued_at: float
+
+
 class MicroBatcher:
     """Collects submissions for one model and runs them stacked, inline or on an executor.
 
-    `batchable` is False for models whose inputs or outputs lack a leading dynamic batch dim:
+    Inline (executor None): everything queued in one loop turn runs before the turn ends.
+    Executor: up to `concurrency` batches in flight; what queues meanwhile runs when a slot frees.
+    `max_delay_s` > 0 makes an idle model wait that long to fill a batch (off by default: it adds
+    latency at low load). `batchable` is False for models without a leading dynamic batch dim:
     their requests still queue here, but each runs alone.
     """
 
@@ -51,75 +73,99 @@ class MicroBatcher:
         max_delay_s: float,
         executor: Executor | None,
         batchable: bool = True,
+        max_queue_rows: int = 4096,
+        concurrency: int = 1,
+        observe: Observer | None = None,
     ) -> None:
         self._run = run
         self._max_rows = max_batch_size if batchable else 1
         self._max_delay_s = max_delay_s
         self._executor = executor
-        self._pending: list[tuple[Arrays, asyncio.Future[Arrays]]] = []
+        self._max_queue_rows = max_queue_rows
+        self._concurrency = concurrency
+        self._observe = observe
+        self._pending: list[_Item] = []
+        self._queued_rows = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
-        self._in_flight = False
+        self._in_flight = 0
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
 
     async def submit(self, arrays: Arrays) -> Arrays:
-        """Queue one request's inputs (validated, model order) and wait for its outputs."""
+        """Queue one request's inputs (validated, model order) and wait for its outputs.
+        Raises QueueFull at once when the queue already holds max_queue_rows."""
+        rows = int(arrays[0].shape[0])
+        if self._queued_rows + rows > self._max_queue_rows and self._pending:
+            raise QueueFull(f"{self._queued_rows} rows already queued (limit {self._max_queue_rows})")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
-        self._pending.append((arrays, future))
-        if not self._scheduled and not self._in_flight:
+        self._pending.append(_Item(arrays, future, rows, loop.time()))
+        self._queued_rows += rows
+        if self._in_flight < self._concurrency and not self._scheduled:
             self._scheduled = True
-            if self._max_delay_s > 0:
-                loop.call_later(self._max_delay_s, self._flush)
+            if self._max_delay_s > 0 and self._queued_rows < self._max_rows:
+                self._timer = loop.call_later(self._max_delay_s, self._flush, "deadline")
             else:
-                loop.call_soon(self._flush)
+                loop.call_soon(self._flush, "idle")
+        elif self._timer is not None and self._queued_rows >= self._max_rows:
+            self._timer.cancel()  # enough rows to fill a batch: don't wait out the delay
+            self._timer = None
+            loop.call_soon(self._flush, "full")
         return await future
 
-    def _take_batch(self) -> list[tuple[Arrays, asyncio.Future[Arrays]]]:
-        """Take the oldest request and those after it that fit its shape key and the row cap."""
+    def _take_batch(self) -> tuple[list[_Item], Reason | None]:
+        """Take the oldest request and those after it that fit its shape key and the row cap;
+        the reason is "full" when the cap stopped it."""
         first = self._pending[0]
-        key = batch_key(first[0])
-        rows = int(first[0][0].shape[0])
+        key = batch_key(first.arrays)
+        rows = first.rows
         batch, rest = [first], []
+        capped = False
         for item in self._pending[1:]:
-            n = int(item[0][0].shape[0])
-            if rows + n <= self._max_rows and batch_key(item[0]) == key:
+            if rows + item.rows <= self._max_rows and batch_key(item.arrays) == key:
                 batch.append(item)
-                rows += n
+                rows += item.rows
             else:
+                capped = capped or rows + item.rows > self._max_rows
                 rest.append(item)
         self._pending = rest
-        return batch
+        self._queued_rows -= rows
+        return batch, "full" if capped or rows >= self._max_rows else None
 
-    def _flush(self) -> None:
+    def _flush(self, reason: Reason) -> None:
         self._scheduled = False
-        if self._executor is None:
-            while self._pending:
-                batch = self._take_batch()
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        while self._pending and self._in_flight < self._concurrency:
+            batch, capped = self._take_batch()
+            if self._observe is not None:
+                self._observe(sum(i.rows for i in batch), loop.time() - batch[0].queued_at, capped or reason)
+            if self._executor is None:
                 _deliver(batch, self._run_batch(batch))
-        elif self._pending and not self._in_flight:
-            self._in_flight = True
-            batch = self._take_batch()
-            loop = asyncio.get_running_loop()
+                continue
+            self._in_flight += 1
             task = loop.run_in_executor(self._executor, self._run_batch, batch)
-            task.add_done_callback(lambda done: self._after_executor_run(batch, done))
+            task.add_done_callback(lambda done, batch=batch: self._after_executor_run(batch, done))  # type: ignore[misc]
 
-    def _after_executor_run(
-        self, batch: list[tuple[Arrays, asyncio.Future[Arrays]]], done: asyncio.Future[list[Arrays | BaseException]]
-    ) -> None:
-        self._in_flight = False
+    def _after_executor_run(self, batch: list[_Item], done: asyncio.Future[list[Arrays | BaseException]]) -> None:
+        self._in_flight -= 1
         exc = done.exception()
         _deliver(batch, [exc] * len(batch) if exc is not None else done.result())
-        if self._pending:  # what arrived during the run forms the next batch
-            self._flush()
+        if self._pending and not self._scheduled:  # what queued during the run goes now
+            self._flush("idle")
 
-    def _run_batch(self, batch: list[tuple[Arrays, asyncio.Future[Arrays]]]) -> list[Arrays | BaseException]:
+    def _run_batch(self, batch: list[_Item]) -> list[Arrays | BaseException]:
         """Run a batch; on failure run its requests one by one so only the bad one fails."""
         if len(batch) == 1:
-            return [_call(self._run, batch[0][0])]
-        stacked, sizes = stack_requests([item[0] for item in batch])
+            return [_call(self._run, batch[0].arrays)]
+        stacked, sizes = stack_requests([item.arrays for item in batch])
         try:
             return list(split_outputs(self._run(stacked), sizes))
         except Exception:
-            return [_call(self._run, item[0]) for item in batch]
+            return [_call(self._run, item.arrays) for item in batch]
 
 
 def _call(run: RunFn, arrays: Arrays) -> Arrays | BaseException:
@@ -129,11 +175,11 @@ def _call(run: RunFn, arrays: Arrays) -> Arrays | BaseException:
         return exc
 
 
-def _deliver(batch: list[tuple[Arrays, asyncio.Future[Arrays]]], results: Sequence[Arrays | BaseException]) -> None:
-    for (_, future), result in zip(batch, results, strict=True):
-        if future.done():  # the caller went away (cancelled); nothing to deliver
+def _deliver(batch: list[_Item], results: Sequence[Arrays | BaseException]) -> None:
+    for item, result in zip(batch, results, strict=True):
+        if item.future.done():  # the caller went away (cancelled); nothing to deliver
             continue
         if isinstance(result, BaseException):
-            future.set_exception(result)
+            item.future.set_exception(result)
         else:
-            future.set_result(result)
+            item.future.set_result(result)

@@ -46,7 +46,8 @@ class Config:
     inference_threads: int = 1  # executor threads for models too slow to run on the event loop
     inline_threshold_us: float = 300.0  # models whose warm-up run is faster than this run on the loop
     max_batch_size: int = 64  # rows stacked into one session.run
-    max_batch_delay_ms: float = 0.0  # 0: batch only what arrived in the same event-loop turn
+    max_batch_delay_ms: float = 0.0  # 0: an idle model runs at once; > 0: it waits this long to fill a batch
+    max_queue_rows: int = 4096  # rows waiting per model beyond which requests get 503 + Retry-After
     max_body_bytes: int = 8 * 1024 * 1024
     poll_interval_s: float = 0.5  # how often followers check the registry for changes
     graceful_timeout_s: float = 30.0
@@ -65,6 +66,7 @@ class Config:
             ("--inline-threshold-us", self.inline_threshold_us >= 0, "must be >= 0"),
             ("--max-batch-size", self.max_batch_size >= 1, "must be at least 1"),
             ("--max-batch-delay-ms", 0 <= self.max_batch_delay_ms <= 1000, "must be between 0 and 1000"),
+            ("--max-queue-rows", self.max_queue_rows >= 1, "must be at least 1"),
             ("--max-body-bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("--poll-interval", 0.01 <= self.poll_interval_s <= 3600, "must be between 0.01 and 3600 seconds"),
             ("--graceful-timeout", self.graceful_timeout_s >= 0, "must be >= 0"),

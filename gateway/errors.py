@@ -10,6 +10,7 @@ GatewayError
  │    └── VersionNotFound       unknown version of a known model
  ├── PayloadTooLarge       413  body over the configured limit
  ├── Unavailable           503  not ready, draining, a version that failed to load
+ │    └── Overloaded       503  + Retry-After: the model's queue is full; retry shortly
  └── InferenceFailed       500  the runtime raised on a validated input
 """
 
@@ -66,6 +67,11 @@ class PayloadTooLarge(GatewayError):
 
 class Unavailable(GatewayError):
     code = "unavailable"
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+    retry_after_s = 1
 
 
 class InferenceFailed(GatewayError):

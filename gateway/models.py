@@ -7,17 +7,19 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from prometheus_client import Counter
 
-from gateway.batching import Arrays, MicroBatcher
+from gateway.batching import Arrays, MicroBatcher, QueueFull
 from gateway.config import Config
-from gateway.errors import InvalidInput
+from gateway.errors import InvalidInput, Overloaded
 from gateway.protocol.dtypes import numpy_dtype
 from gateway.signature import InputValidator, compile_validator
+from monitoring.metrics import GatewayMetrics
 from registry.artifacts import ArtifactStore
 from registry.entities import ModelVersion, Signature, TensorSpec
 
@@ -36,16 +38,20 @@ class LoadedModel:
     output_names: tuple[str, ...]
     inline: bool  # runs on the event loop (fast model) rather than on the executor
     warmup_us: float
-    headers: Mapping[str, str] = field(default_factory=dict)
+    rejections: Counter
 
     @property
     def version_str(self) -> str:
         return str(self.version)
 
     async def infer(self, inputs: Mapping[str, npt.NDArray[np.generic]]) -> list[tuple[str, npt.NDArray[np.generic]]]:
-        """Validate, queue for the batcher, and name the outputs. Raises InvalidInput."""
+        """Validate, queue for the batcher, and name the outputs. Raises InvalidInput, Overloaded."""
         arrays = self.validator.validate(inputs)
-        outputs = await self.batcher.submit(arrays)
+        try:
+            outputs = await self.batcher.submit(arrays)
+        except QueueFull as exc:
+            self.rejections.inc()
+            raise Overloaded(f"model '{self.name}' version {self.version} is overloaded: {exc}") from exc
         return list(zip(self.output_names, outputs, strict=True))
 
 
@@ -86,7 +92,9 @@ def _batchable(signature: Signature) -> bool:
     return all(t.shape and t.shape[0] == -1 for t in (*signature.inputs, *signature.outputs))
 
 
-def load_model(mv: ModelVersion, artifacts: ArtifactStore, config: Config, executor: Executor) -> LoadedModel:
+def load_model(
+    mv: ModelVersion, artifacts: ArtifactStore, config: Config, executor: Executor, metrics: GatewayMetrics
+) -> LoadedModel:
     """Blocking: create the session, run the warm-up inference, and pick inline vs executor by its time."""
     data = artifacts.read_bytes(mv.artifact_sha256)
     session = ort.InferenceSession(data, _session_options(config), providers=["CPUExecutionProvider"])
@@ -113,6 +121,9 @@ def load_model(mv: ModelVersion, artifacts: ArtifactStore, config: Config, execu
         max_delay_s=config.max_batch_delay_ms / 1000,
         executor=None if inline else executor,
         batchable=_batchable(mv.signature),
+        max_queue_rows=config.max_queue_rows,
+        concurrency=config.inference_threads,
+        observe=metrics.batch_observer(mv.name, str(mv.version)),
     )
     log.info("loaded %s v%d (warm-up %.0f us, %s)", mv.name, mv.version, warmup_us, "inline" if inline else "executor")
     return LoadedModel(
@@ -124,14 +135,15 @@ def load_model(mv: ModelVersion, artifacts: ArtifactStore, config: Config, execu
         output_names=output_names,
         inline=inline,
         warmup_us=warmup_us,
-        headers={"x-gateway-model": mv.name, "x-gateway-model-version": str(mv.version)},
+        rejections=metrics.queue_rejections.labels(mv.name, str(mv.version)),
     )
 
 
 class ModelPool:
     """The loaded versions. Loads run in a thread, one at a time per version; failures are remembered."""
 
-    def __init__(self, artifacts: ArtifactStore, config: Config, executor: Executor) -> None:
+    def __init__(self, artifacts: ArtifactStore, config: Config, executor: Executor, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
         self._artifacts = artifacts
         self._config = config
         self._executor = executor
@@ -156,7 +168,7 @@ class ModelPool:
         future: asyncio.Future[LoadedModel] = loop.create_future()
         self._loading[key] = future
         try:
-            model = await asyncio.to_thread(load_model, mv, self._artifacts, self._config, self._executor)
+            model = await asyncio.to_thread(load_model, mv, self._artifacts, self._config, self._executor, self._metrics)
         except Exception as exc:
             self.failures[key] = f"{type(exc).__name__}: {exc}"
             log.error("failed to load %s v%d: %s", mv.name, mv.version, exc)

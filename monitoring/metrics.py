@@ -29,6 +29,20 @@ class RequestMetrics:
         self.seconds.observe(seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchObserver:
+    """Called once per batch: its rows, how long its oldest request waited, why it was released."""
+
+    rows: Histogram
+    wait: Histogram
+    reasons: dict[str, Counter]
+
+    def __call__(self, rows: int, waited_s: float, reason: str) -> None:
+        self.rows.observe(rows)
+        self.wait.observe(waited_s)
+        self.reasons[reason].inc()
+
+
 class GatewayMetrics:
     """All metric families; one instance per app, on a registry of its own (tests get fresh ones)."""
 
@@ -46,6 +60,18 @@ class GatewayMetrics:
         self.batch_rows = Histogram(
             "gateway_batch_size_rows", "Rows per onnxruntime run (requests stacked by the micro-batcher).",
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.batch_wait_seconds = Histogram(
+            "gateway_batch_wait_seconds", "How long the oldest request of each batch waited in the queue.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batches = Counter(
+            "gateway_batches", "Batches run, by why they were released: idle (model free), full (max rows), "
+            "deadline (max delay).", ["model", "version", "reason"], registry=r,
+        )
+        self.queue_rejections = Counter(
+            "gateway_queue_rejections", "Requests refused with 503 because the model's queue was full.",
+            ["model", "version"], registry=r,
         )
         self.model_loads = Counter(
             "gateway_model_loads", "Model version loads, by outcome (ok or failed).",
@@ -76,6 +102,14 @@ class GatewayMetrics:
         self.shadow_mismatches = Counter(
             "gateway_shadow_output_mismatches", "Shadow answers whose outputs could not be compared with the primary's.",
             ["route", "shadow"], registry=r,
+        )
+
+    def batch_observer(self, model: str, version: str) -> BatchObserver:
+        """The batcher's per-batch callback, with its children bound once."""
+        return BatchObserver(
+            rows=self.batch_rows.labels(model, version),
+            wait=self.batch_wait_seconds.labels(model, version),
+            reasons={r: self.batches.labels(model, version, r) for r in ("idle", "full", "deadline")},
         )
 
     def for_request(self, route: str, arm: str, version: str, protocol: str) -> RequestMetrics:

@@ -135,3 +135,91 @@ class TestMicroBatcher:
         asyncio.run(main())
         assert sum(calls) == 6
         assert len(calls) <= 3
+
+
+class TestQueueBoundAndObserver:
+    def test_full_queue_refuses_at_once(self) -> None:
+        """Past max_queue_rows, submit raises QueueFull immediately instead of queueing."""
+        from gateway.batching import QueueFull
+
+        async def main() -> list[object]:
+            with ThreadPoolExecutor(1) as ex:
+                b = MicroBatcher(doubling([]), max_batch_size=4, max_delay_s=0, executor=ex, max_queue_rows=3)  # type: ignore[arg-type]
+                return await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(6)), return_exceptions=True)
+
+        results = asyncio.run(main())
+        refused = [r for r in results if isinstance(r, QueueFull)]
+        assert len(refused) == 3
+        assert all(not isinstance(r, BaseException) for r in results[:3])
+
+    def test_observer_reports_rows_wait_and_reason(self) -> None:
+        """Each released batch is reported with its rows, its wait and why: idle, or full when capped."""
+        seen: list[tuple[int, float, str]] = []
+
+        async def main() -> None:
+            b = MicroBatcher(doubling([]), max_batch_size=4, max_delay_s=0, executor=None,  # type: ignore[arg-type]
+                             observe=lambda n, w, r: seen.append((n, w, r)))
+            await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(6)))
+
+        asyncio.run(main())
+        assert [(n, r) for n, _, r in seen] == [(4, "full"), (2, "idle")]
+        assert all(w >= 0 for _, w, _ in seen)
+
+    def test_delay_fills_a_batch_then_releases_on_deadline(self) -> None:
+        """With max_delay, an idle model waits to fill a batch; requests spread over the delay share one run."""
+        calls: list[int] = []
+        seen: list[str] = []
+
+        async def main() -> None:
+            b = MicroBatcher(doubling(calls), max_batch_size=64, max_delay_s=0.05, executor=None,  # type: ignore[arg-type]
+                             observe=lambda n, w, r: seen.append(r))
+
+            async def later(i: int) -> Arrays:
+                await asyncio.sleep(0.005 * i)
+                return await b.submit([rows(1, i)])
+
+            await asyncio.gather(*(later(i) for i in range(4)))
+
+        asyncio.run(main())
+        assert calls == [4]
+        assert seen == ["deadline"]
+
+    def test_delay_is_cut_short_when_the_batch_fills(self) -> None:
+        """Reaching max_batch_size releases at once without waiting out the delay."""
+        seen: list[str] = []
+
+        async def main() -> None:
+            b = MicroBatcher(doubling([]), max_batch_size=2, max_delay_s=10, executor=None,  # type: ignore[arg-type]
+                             observe=lambda n, w, r: seen.append(r))
+            await asyncio.wait_for(asyncio.gather(b.submit([rows(1)]), b.submit([rows(1, 1)])), timeout=5)
+
+        asyncio.run(main())
+        assert seen == ["full"]
+
+    def test_concurrency_runs_batches_in_parallel_slots(self) -> None:
+        """With two executor slots, two batches can be in flight at once and all results are correct."""
+        import threading
+
+        active, peak = [0], [0]
+        lock = threading.Lock()
+
+        def slow(arrays: Arrays) -> Arrays:
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            import time
+
+            time.sleep(0.05)
+            with lock:
+                active[0] -= 1
+            return [arrays[0] + 1]
+
+        async def main() -> list[Arrays]:
+            with ThreadPoolExecutor(2) as ex:
+                b = MicroBatcher(slow, max_batch_size=1, max_delay_s=0, executor=ex, concurrency=2)
+                return await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(4)))
+
+        results = asyncio.run(main())
+        assert peak[0] == 2
+        for i, out in enumerate(results):
+            np.testing.assert_array_equal(out[0], rows(1, i) + 1)

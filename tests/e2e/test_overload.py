@@ -1,0 +1,44 @@
+"""A full model queue sheds load at once with 503 + Retry-After; batches are explained in metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from gateway.demo import build_mlp
+from tests.e2e.conftest import run_cli, start_gateway
+
+
+def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """With a tiny queue and a heavy model on the executor, excess requests get 503 + Retry-After at
+    once, the rest succeed, and /metrics counts rejections and batch release reasons."""
+    data = tmp_path / "gw"
+    heavy = tmp_path / "heavy.onnx"
+    heavy.write_bytes(build_mlp(9, hidden=(1024, 1024)))
+    run_cli(data, "models", "register", "heavy", str(heavy))
+    gw = start_gateway(data, "--inline-threshold-us", "0", "--max-queue-rows", "64", "--max-batch-size", "64")
+    body = {"instances": np.full((64, 32), 0.1).tolist()}
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/models/heavy:predict", json=body) for _ in range(48)))
+
+    try:
+        responses = asyncio.run(fire())
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503}, codes
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused, "48 concurrent 64-row requests must overflow a 64-row queue"
+        assert codes.count(200) >= 1
+        assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        assert f'gateway_queue_rejections_total{{model="heavy",version="1"}} {len(refused)}.0' in metrics
+        assert 'gateway_batches_total{model="heavy",reason="idle",version="1"}' in metrics
+        assert 'gateway_batch_wait_seconds_count{model="heavy",version="1"}' in metrics
+        ok = httpx.post(f"{gw.url}/v1/models/heavy:predict", json={"instances": [[0.1] * 32]})
+        assert ok.status_code == 200, "after the burst the model serves again"
+    finally:
+        gw.stop()
