@@ -15,6 +15,7 @@ from types import FrameType
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,6 +25,7 @@ from gateway.config import Config
 from gateway.dataplane import DataPlane
 from gateway.endpoints import JSON, Endpoints
 from gateway.errors import GatewayError, Overloaded, render_error, status_for
+from gateway.inference import InferenceLayer, InferenceService, InferenceSlot
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.shadow import ShadowQueue
@@ -37,7 +39,7 @@ from registry.store import RegistryStore
 log = logging.getLogger("gateway")
 
 
-def _render(request: Request, exc: Exception) -> Response:
+async def _error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Overloaded):  # shed load at once; tell well-behaved clients when to come back
         headers = {"retry-after": str(exc.retry_after_s)}
         return Response(render_error(exc.message), status_code=503, media_type=JSON, headers=headers)
@@ -68,6 +70,7 @@ def _install_drain_hook(on_drain: Callable[[], None]) -> None:
 
 def create_app(config: Config) -> Starlette:
     endpoints = Endpoints(config)
+    slot = InferenceSlot()
     admin = Admin(config)
     metrics = GatewayMetrics()
 
@@ -80,7 +83,9 @@ def create_app(config: Config) -> Starlette:
         follower = RegistryFollower(store, dataplane, config.poll_interval_s)
         shadows = ShadowQueue(config.shadow_queue_size, config.shadow_workers, timeout=None)
         http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
-        endpoints.attach(dataplane, follower, Mirror(shadows, metrics, http, config.shadow_timeout_s))
+        endpoints.attach(dataplane, follower)
+        mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s)
+        slot.serve = InferenceService(dataplane, mirror, follower.ready.is_set, config.max_body_bytes)
         admin.attach(store, dataplane, follower)
         _install_drain_hook(lambda: setattr(endpoints, "draining", True))
         shadows.start()
@@ -104,13 +109,10 @@ def create_app(config: Config) -> Starlette:
         Route("/v2/health/ready", e.readiness, methods=["GET"]),
         Route("/v2/models/{name}", e.model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", e.model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", e.infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}", e.model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", e.model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}/infer", e.infer, methods=["POST"]),
         Route("/v1/models", e.v1_models, methods=["GET"]),
         Route("/v1/models/{name}", e.v1_model, methods=["GET"]),
-        Route("/v1/models/{name}:predict", e.v1_predict, methods=["POST"]),
         Route("/health", e.health_details, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(metrics.registry).exposition, methods=["GET"]),
         Route("/admin/routes", admin.list_routes, methods=["GET"]),
@@ -119,21 +121,11 @@ def create_app(config: Config) -> Starlette:
         Route("/admin/routes/{name}", admin.delete_route, methods=["DELETE"]),
         Route("/admin/audit", admin.audit, methods=["GET"]),
     ]
-    async def error(request: Request, exc: Exception) -> Response:
-        response = _render(request, exc)
-        path = request.url.path
-        protocol = "v2" if path.startswith("/v2/models/") else "v1" if path.startswith("/v1/models/") else None
-        if protocol is not None and request.method == "POST":  # failed inference requests count too
-            name = request.path_params.get("name", "")
-            # only known routes become label values: callers must not be able to grow the series count
-            route = name if name in endpoints.dataplane.snapshot.routes else "unknown"
-            metrics.requests.labels(route, "", "", protocol, str(response.status_code)).inc()
-        return response
-
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={GatewayError: error, RegistryError: error, HTTPException: error, Exception: error},
+        exception_handlers={GatewayError: _error, RegistryError: _error, HTTPException: _error, Exception: _error},
+        middleware=[Middleware(InferenceLayer, slot=slot)],
     )
 
 

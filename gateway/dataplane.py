@@ -34,7 +34,7 @@ class Arm:
 
     model: LoadedModel
     label: str
-    headers: Mapping[str, str]
+    raw_headers: tuple[tuple[bytes, bytes], ...]  # x-gateway-model, -model-version, -arm, as ASGI sends them
     v1: RequestMetrics
     v2: RequestMetrics
 
@@ -56,7 +56,11 @@ def make_arm(route: str, label: str, model: LoadedModel, metrics: GatewayMetrics
     return Arm(
         model=model,
         label=label,
-        headers={"x-gateway-model": model.name, "x-gateway-model-version": version, "x-gateway-arm": label},
+        raw_headers=(
+            (b"x-gateway-model", model.name.encode()),
+            (b"x-gateway-model-version", version.encode()),
+            (b"x-gateway-arm", label.encode()),
+        ),
         v1=metrics.for_request(route, label, version, "v1"),
         v2=metrics.for_request(route, label, version, "v2"),
     )

@@ -1,0 +1,235 @@
+"""The inference path as a lean ASGI layer in front of Starlette: POST /v1/models/{name}:predict and
+POST /v2/models/{name}[/versions/{v}]/infer are served here; every other request goes on to Starlette.
+
+Inference is the only hot path, and it pays for no generic routing, Request or Response objects:
+the path is split by hand, the four headers it needs are read in one pass, and the response goes out
+as two ASGI messages with header tuples pre-built per arm (gateway/dataplane.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from time import perf_counter
+from typing import Any
+
+from gateway.dataplane import Arm, DataPlane, Route, sticky_key_of, without_input
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    Unavailable,
+    render_error,
+    status_for,
+)
+from gateway.mirror import Mirror
+from gateway.protocol import v1, v2
+from registry.errors import RegistryError
+
+log = logging.getLogger("gateway.inference")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_HEADER = (b"content-type", b"application/json")
+BINARY_HEADER = (b"content-type", b"application/octet-stream")
+V1_PREFIX, V1_SUFFIX = "/v1/models/", ":predict"
+V2_PREFIX, V2_SUFFIX = "/v2/models/", "/infer"
+
+
+def match_inference_path(path: str) -> tuple[str, str, str | None] | None:
+    """(protocol, name, version) for an inference path, else None. Pure."""
+    if path.startswith(V2_PREFIX) and path.endswith(V2_SUFFIX):
+        parts = path[len(V2_PREFIX) : -len(V2_SUFFIX)].split("/")
+        if len(parts) == 1 and parts[0]:
+            return "v2", parts[0], None
+        if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+            return "v2", parts[0], parts[2]
+        return None
+    if path.startswith(V1_PREFIX) and path.endswith(V1_SUFFIX):
+        name = path[len(V1_PREFIX) : -len(V1_SUFFIX)]
+        return ("v1", name, None) if name and "/" not in name else None
+    return None
+
+
+class RequestHeaders:
+    """The few request headers inference reads, picked out of the ASGI header list in one pass."""
+
+    __slots__ = ("content_encoding", "content_length", "header_length", "sticky_key")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_length: bytes | None = None
+        self.content_encoding: bytes | None = None
+        self.header_length: bytes | None = None
+        self.sticky_key: bytes | None = None
+        for name, value in raw:
+            if name == b"content-length":
+                self.content_length = value
+            elif name == b"inference-header-content-length":
+                self.header_length = value
+            elif name == b"content-encoding":
+                self.content_encoding = value
+            elif name == b"x-gateway-key":
+                self.sticky_key = value
+
+
+class InferenceSlot:
+    """Where the lifespan puts the InferenceService once the dataplane exists (Starlette builds its
+    middleware lazily, so the layer cannot be handed the service directly)."""
+
+    serve: InferenceService | None = None
+
+
+class InferenceLayer:
+    """ASGI middleware in front of the router: inference paths go to the slot's service."""
+
+    def __init__(self, app: ASGIApp, *, slot: InferenceSlot) -> None:
+        self.app = app
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            serve = self.slot.serve
+            target = match_inference_path(scope["path"])
+            if target is not None and serve is not None:
+                await serve(target, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class InferenceService:
+    """Turns one inference request into one response; every error becomes {"error"} with its status."""
+
+    def __init__(self, dataplane: DataPlane, mirror: Mirror, is_loaded: Callable[[], bool], max_body_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.mirror = mirror
+        self.is_loaded = is_loaded
+        self.max_body = max_body_bytes
+
+    async def __call__(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
+        protocol, name, version = target
+        started = perf_counter()
+        headers = RequestHeaders(scope["headers"])
+        try:
+            body = await self._body(headers, receive)
+            if body is None:  # the client went away
+                return
+            if protocol == "v2":
+                arm, status, out_headers, content = await self._v2(name, version, headers, body)
+            else:
+                arm, status, out_headers, content = await self._v1(name, version, headers, body)
+        except Exception as exc:
+            status, out_headers, content = self._error(name, protocol, exc)
+        else:
+            (arm.v2 if protocol == "v2" else arm.v1).observe(perf_counter() - started)
+        out_headers.append((b"content-length", b"%d" % len(content)))
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _body(self, headers: RequestHeaders, receive: Receive) -> bytes | None:
+        """The body, inflated if compressed; 413 past the limit without reading it all."""
+        if headers.content_length is not None:
+            if not headers.content_length.isdigit():
+                raise InvalidInput(f"invalid Content-Length header: {headers.content_length!r}")
+            if int(headers.content_length) > self.max_body:
+                raise PayloadTooLarge(
+                    f"request body of {int(headers.content_length)} bytes exceeds the limit of {self.max_body} bytes"
+                )
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks, size = [body], len(body)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+        elif len(body) > self.max_body:
+            raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+        if headers.content_encoding is not None:
+            body = v2.decode_content(body, headers.content_encoding.decode("latin-1"), self.max_body)
+        return body
+
+    async def _arm(self, name: str, version: str | None, key: Callable[[str | None], bytes | None] | None,
+                   sticky_header: bytes | None) -> tuple[Arm, Route | None]:
+        if not self.is_loaded():
+            raise Unavailable("the gateway is still loading its models")
+        if version is not None:
+            return await self.dataplane.version(name, version), None
+        route = self.dataplane.route(name)
+        if len(route.arms) == 1:
+            return route.arms[0], route
+        sticky: bytes | None = None
+        if route.split == "sticky":
+            sticky = sticky_header if sticky_header is not None else key(route.sticky_key) if key else None
+        return self.dataplane.pick(route, sticky), route
+
+    async def _v2(self, name: str, version: str | None, headers: RequestHeaders,
+                  body: bytes) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
+        header_length = v2.parse_header_length(headers.header_length.decode("latin-1") if headers.header_length else None)
+        request = v2.decode_infer_request(body, header_length)
+        inputs = request.inputs
+
+        def key_of(field: str | None) -> bytes | None:
+            if field is None:
+                return None
+            if field in request.parameters:
+                return sticky_key_of(request.parameters[field])
+            return sticky_key_of(inputs[field]) if field in inputs else None
+
+        arm, route = await self._arm(name, version, key_of, headers.sticky_key)
+        model = arm.model
+        if route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
+            inputs = without_input(inputs, route.sticky_key)  # an entity field for routing, not a model input
+        outputs = await model.infer(inputs)
+        names, binary = v2.select_outputs(request, model.output_names)
+        chosen = outputs if len(names) == len(outputs) and not request.outputs else [(n, dict(outputs)[n]) for n in names]
+        content, json_length = v2.encode_infer_response(name, model.version_str, request.id, chosen, binary)
+        if route is not None and route.shadows:
+            self._mirror(route, inputs, outputs)
+        if json_length is None:
+            return arm, 200, [JSON_HEADER, *arm.raw_headers], content
+        return arm, 200, [BINARY_HEADER, (b"inference-header-content-length", b"%d" % json_length), *arm.raw_headers], content
+
+    async def _v1(self, name: str, version: str | None, headers: RequestHeaders,
+                  body: bytes) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
+        arm, route = await self._arm(name, version, None, headers.sticky_key)
+        inputs = v1.decode_predict(body, arm.model.signature.inputs)
+        outputs = await arm.model.infer(inputs)
+        content = v1.encode_predict(outputs)
+        if route is not None and route.shadows:
+            self._mirror(route, inputs, outputs)
+        return arm, 200, [JSON_HEADER, *arm.raw_headers], content
+
+    def _mirror(self, route: Route, inputs: Mapping[str, Any], outputs: list[tuple[str, Any]]) -> None:
+        targets = self.dataplane.shadows_for(route)
+        if targets:
+            self.mirror.offer(route.name, targets, inputs, outputs)
+
+    def _error(self, name: str, protocol: str, exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = [JSON_HEADER]
+        if isinstance(exc, GatewayError | RegistryError):
+            status = status_for(exc)
+            message = exc.message
+            if isinstance(exc, Overloaded):  # shed load at once; tell clients when to come back
+                headers.append((b"retry-after", b"%d" % exc.retry_after_s))
+        else:
+            log.exception("unhandled error serving %s", name, exc_info=exc)
+            status, message = 500, f"internal error: {type(exc).__name__}"
+        # only known routes become label values: callers must not be able to grow the series count
+        route = name if name in self.dataplane.snapshot.routes else "unknown"
+        self.dataplane.metrics.requests.labels(route, "", "", protocol, str(status)).inc()
+        return status, headers, render_error(message)
