@@ -8,7 +8,6 @@ by the lean ASGI layer in gateway/inference.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
@@ -25,8 +24,6 @@ JSON = "application/json"
 BINARY = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
 PLATFORM = "onnxruntime_onnx"
-STICKY_HEADER = "x-gateway-key"
-KeySource = Callable[[str | None], bytes | None]
 
 try:
     SERVER_VERSION = package_version("gateway")
