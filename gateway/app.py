@@ -85,7 +85,9 @@ def create_app(config: Config) -> Starlette:
         http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
         endpoints.attach(dataplane, follower)
         mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s)
-        slot.serve = InferenceService(dataplane, mirror, follower.ready.is_set, config.max_body_bytes)
+        slot.serve = InferenceService(
+            dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s
+        )
         admin.attach(store, dataplane, follower)
         _install_drain_hook(lambda: setattr(endpoints, "draining", True))
         shadows.start()

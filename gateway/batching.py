@@ -2,7 +2,8 @@
 
 Pure stack/split helpers first, then the MicroBatcher that owns the queue. A request that finds the
 model idle runs at once (in the same event-loop turn as the requests that arrived with it); requests
-that arrive while the model is busy queue and run stacked when it frees up. Each request keeps one
+that arrive while the model is busy queue and run stacked when it frees up. Times come from
+time.monotonic(): uvloop's loop.time() only advances once per loop iteration, in milliseconds. Each request keeps one
 future; no ids. A batch that fails is retried request by request, so one bad request fails alone.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from time import monotonic
 from typing import Literal
 
 import numpy as np
@@ -26,6 +28,10 @@ Observer = Callable[[int, float, Reason], None]
 
 class QueueFull(Exception):
     """The model's queue holds its limit of rows; the caller should answer 503 at once."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while it waited in the queue; it was never run."""
 
 
 def stack_requests(requests: Sequence[Arrays]) -> tuple[Arrays, list[int]]:
@@ -53,6 +59,7 @@ class _Item:
     future: asyncio.Future[Arrays]
     rows: int
     queued_at: float
+    deadline: float | None  # time.monotonic(); past it the request is dropped from the queue unrun
 
 
 class MicroBatcher:
@@ -94,15 +101,16 @@ class MicroBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, arrays: Arrays) -> Arrays:
+    async def submit(self, arrays: Arrays, deadline: float | None = None) -> Arrays:
         """Queue one request's inputs (validated, model order) and wait for its outputs.
-        Raises QueueFull at once when the queue already holds max_queue_rows."""
+        Raises QueueFull at once when the queue already holds max_queue_rows, and DeadlineExceeded
+        when `deadline` (time.monotonic()) passes before its batch is taken."""
         rows = int(arrays[0].shape[0])
         if self._queued_rows + rows > self._max_queue_rows and self._pending:
             raise QueueFull(f"{self._queued_rows} rows already queued (limit {self._max_queue_rows})")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
-        self._pending.append(_Item(arrays, future, rows, loop.time()))
+        self._pending.append(_Item(arrays, future, rows, monotonic(), deadline))
         self._queued_rows += rows
         if self._in_flight < self._concurrency and not self._scheduled:
             self._scheduled = True
@@ -115,6 +123,19 @@ class MicroBatcher:
             self._timer = None
             loop.call_soon(self._flush, "full")
         return await future
+
+    def _drop_abandoned(self, now: float) -> None:
+        """Requests whose caller left (cancelled) or whose deadline passed leave the queue unrun."""
+        kept = []
+        for item in self._pending:
+            if item.future.done():
+                self._queued_rows -= item.rows
+            elif item.deadline is not None and now > item.deadline:
+                self._queued_rows -= item.rows
+                item.future.set_exception(DeadlineExceeded(f"waited {now - item.queued_at:.3f} s in the queue"))
+            else:
+                kept.append(item)
+        self._pending = kept
 
     def _take_batch(self) -> tuple[list[_Item], Reason | None]:
         """Take the oldest request and those after it that fit its shape key and the row cap;
@@ -139,10 +160,12 @@ class MicroBatcher:
         self._scheduled = False
         self._timer = None
         loop = asyncio.get_running_loop()
+        now = monotonic()
+        self._drop_abandoned(now)
         while self._pending and self._in_flight < self._concurrency:
             batch, capped = self._take_batch()
             if self._observe is not None:
-                self._observe(sum(i.rows for i in batch), loop.time() - batch[0].queued_at, capped or reason)
+                self._observe(sum(i.rows for i in batch), now - batch[0].queued_at, capped or reason)
             if self._executor is None:
                 _deliver(batch, self._run_batch(batch))
                 continue

@@ -72,6 +72,8 @@ def main() -> None:
               help="Most rows stacked into one inference.")
 @click.option("--max-batch-delay-ms", type=float, default=DEFAULTS.max_batch_delay_ms, show_default=True,
               help="Wait this long to fill a batch (0: batch what arrives in the same event-loop turn).")
+@click.option("--request-timeout", "request_timeout_s", type=float, default=DEFAULTS.request_timeout_s,
+              show_default=True, help="Per-request deadline in seconds (504 past it); v2 'timeout' (µs) may shorten it.")
 @click.option("--max-queue-rows", type=int, default=DEFAULTS.max_queue_rows, show_default=True,
               help="Rows waiting per model beyond which requests get 503 with Retry-After.")
 @click.option("--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes, show_default=True,

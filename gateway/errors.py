@@ -11,6 +11,7 @@ GatewayError
  ├── PayloadTooLarge       413  body over the configured limit
  ├── Unavailable           503  not ready, draining, a version that failed to load
  │    └── Overloaded       503  + Retry-After: the model's queue is full; retry shortly
+ ├── DeadlineExceeded      504  the request's deadline passed; its work was abandoned
  └── InferenceFailed       500  the runtime raised on a validated input
 """
 
@@ -74,6 +75,10 @@ class Overloaded(Unavailable):
     retry_after_s = 1
 
 
+class GatewayTimeout(GatewayError):
+    code = "deadline_exceeded"
+
+
 class InferenceFailed(GatewayError):
     code = "inference_failed"
 
@@ -89,6 +94,7 @@ STATUS_FOR: dict[type[Exception], int] = {
     PayloadTooLarge: 413,
     Unavailable: 503,
     InferenceFailed: 500,
+    GatewayTimeout: 504,
     reg.RegistryError: 500,
     reg.ResourceDoesNotExist: 404,
     reg.ResourceAlreadyExists: 400,

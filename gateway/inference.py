@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any
 
 from gateway.dataplane import Arm, DataPlane, Route, sticky_key_of, without_input
@@ -104,24 +104,27 @@ class InferenceLayer:
 class InferenceService:
     """Turns one inference request into one response; every error becomes {"error"} with its status."""
 
-    def __init__(self, dataplane: DataPlane, mirror: Mirror, is_loaded: Callable[[], bool], max_body_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, mirror: Mirror, is_loaded: Callable[[], bool], max_body_bytes: int,
+                 timeout_s: float) -> None:
         self.dataplane = dataplane
         self.mirror = mirror
         self.is_loaded = is_loaded
         self.max_body = max_body_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
         protocol, name, version = target
         started = perf_counter()
+        deadline = monotonic() + self.timeout_s
         headers = RequestHeaders(scope["headers"])
         try:
             body = await self._body(headers, receive)
             if body is None:  # the client went away
                 return
             if protocol == "v2":
-                arm, status, out_headers, content = await self._v2(name, version, headers, body)
+                arm, status, out_headers, content = await self._v2(name, version, headers, body, deadline)
             else:
-                arm, status, out_headers, content = await self._v1(name, version, headers, body)
+                arm, status, out_headers, content = await self._v1(name, version, headers, body, deadline)
         except Exception as exc:
             status, out_headers, content = self._error(name, protocol, exc)
         else:
@@ -177,11 +180,16 @@ class InferenceService:
             sticky = sticky_header if sticky_header is not None else key(route.sticky_key) if key else None
         return self.dataplane.pick(route, sticky), route
 
-    async def _v2(self, name: str, version: str | None, headers: RequestHeaders,
-                  body: bytes) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
+    async def _v2(self, name: str, version: str | None, headers: RequestHeaders, body: bytes,
+                  deadline: float) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
         header_length = v2.parse_header_length(headers.header_length.decode("latin-1") if headers.header_length else None)
         request = v2.decode_infer_request(body, header_length)
         inputs = request.inputs
+        timeout_us = request.parameters.get("timeout")
+        if timeout_us is not None:  # Triton's per-request timeout, in microseconds
+            if type(timeout_us) is not int or timeout_us <= 0:
+                raise InvalidInput(f"parameters.timeout: expected a positive integer of microseconds, got {timeout_us!r}")
+            deadline = min(deadline, monotonic() + timeout_us / 1e6)
 
         def key_of(field: str | None) -> bytes | None:
             if field is None:
@@ -194,7 +202,7 @@ class InferenceService:
         model = arm.model
         if route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
             inputs = without_input(inputs, route.sticky_key)  # an entity field for routing, not a model input
-        outputs = await model.infer(inputs)
+        outputs = await model.infer(inputs, deadline)
         names, binary = v2.select_outputs(request, model.output_names)
         chosen = outputs if len(names) == len(outputs) and not request.outputs else [(n, dict(outputs)[n]) for n in names]
         content, json_length = v2.encode_infer_response(name, model.version_str, request.id, chosen, binary)
@@ -204,11 +212,11 @@ class InferenceService:
             return arm, 200, [JSON_HEADER, *arm.raw_headers], content
         return arm, 200, [BINARY_HEADER, (b"inference-header-content-length", b"%d" % json_length), *arm.raw_headers], content
 
-    async def _v1(self, name: str, version: str | None, headers: RequestHeaders,
-                  body: bytes) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
+    async def _v1(self, name: str, version: str | None, headers: RequestHeaders, body: bytes,
+                  deadline: float) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
         arm, route = await self._arm(name, version, None, headers.sticky_key)
         inputs = v1.decode_predict(body, arm.model.signature.inputs)
-        outputs = await arm.model.infer(inputs)
+        outputs = await arm.model.infer(inputs, deadline)
         content = v1.encode_predict(outputs)
         if route is not None and route.shadows:
             self._mirror(route, inputs, outputs)

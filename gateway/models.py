@@ -8,15 +8,16 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from time import monotonic
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from prometheus_client import Counter
 
-from gateway.batching import Arrays, MicroBatcher, QueueFull
+from gateway.batching import Arrays, DeadlineExceeded, MicroBatcher, QueueFull
 from gateway.config import Config
-from gateway.errors import InvalidInput, Overloaded
+from gateway.errors import GatewayTimeout, InvalidInput, Overloaded
 from gateway.protocol.dtypes import numpy_dtype
 from gateway.signature import InputValidator, compile_validator
 from monitoring.metrics import GatewayMetrics
@@ -44,14 +45,22 @@ class LoadedModel:
     def version_str(self) -> str:
         return str(self.version)
 
-    async def infer(self, inputs: Mapping[str, npt.NDArray[np.generic]]) -> list[tuple[str, npt.NDArray[np.generic]]]:
-        """Validate, queue for the batcher, and name the outputs. Raises InvalidInput, Overloaded."""
+    async def infer(
+        self, inputs: Mapping[str, npt.NDArray[np.generic]], deadline: float | None = None
+    ) -> list[tuple[str, npt.NDArray[np.generic]]]:
+        """Validate, queue for the batcher, and name the outputs. `deadline` is a time.monotonic() value: a request
+        still queued past it is dropped unrun, and one answered past it is abandoned (504).
+        Raises InvalidInput, Overloaded, GatewayTimeout."""
         arrays = self.validator.validate(inputs)
         try:
-            outputs = await self.batcher.submit(arrays)
+            outputs = await self.batcher.submit(arrays, deadline)
         except QueueFull as exc:
             self.rejections.inc()
             raise Overloaded(f"model '{self.name}' version {self.version} is overloaded: {exc}") from exc
+        except DeadlineExceeded as exc:
+            raise GatewayTimeout(f"request exceeded its deadline before model '{self.name}' ran it ({exc})") from exc
+        if deadline is not None and monotonic() > deadline:
+            raise GatewayTimeout(f"request exceeded its deadline while model '{self.name}' ran it")
         return list(zip(self.output_names, outputs, strict=True))
 
 

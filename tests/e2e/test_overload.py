@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 
 from gateway.demo import build_mlp
-from tests.e2e.conftest import run_cli, start_gateway
+from tests.e2e.conftest import GatewayProcess, run_cli, start_gateway
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
@@ -42,3 +42,16 @@ def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
         assert ok.status_code == 200, "after the burst the model serves again"
     finally:
         gw.stop()
+
+
+def test_deadline_gives_504_and_bad_timeout_400(demo_gateway: GatewayProcess) -> None:
+    """A v2 request whose `timeout` parameter (µs) is too short gets 504; a malformed one 400."""
+    features = {"name": "features", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
+    url = f"{demo_gateway.url}/v2/models/churn/infer"
+    r = httpx.post(url, json={"inputs": [features], "parameters": {"timeout": 1}})
+    assert r.status_code == 504, r.text
+    assert "deadline" in r.json()["error"]
+    r = httpx.post(url, json={"inputs": [features], "parameters": {"timeout": "soon"}})
+    assert r.status_code == 400
+    r = httpx.post(url, json={"inputs": [features], "parameters": {"timeout": 10_000_000}})
+    assert r.status_code == 200

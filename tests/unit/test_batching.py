@@ -223,3 +223,33 @@ class TestQueueBoundAndObserver:
         assert peak[0] == 2
         for i, out in enumerate(results):
             np.testing.assert_array_equal(out[0], rows(1, i) + 1)
+
+
+class TestDeadlines:
+    def test_expired_requests_leave_the_queue_unrun(self) -> None:
+        """A queued request whose deadline passed while the model was busy fails with DeadlineExceeded
+        and is never run; a request without a deadline in the same queue still runs."""
+        import time
+
+        from gateway.batching import DeadlineExceeded
+
+        ran: list[float] = []
+
+        def slow(arrays: Arrays) -> Arrays:
+            ran.append(float(arrays[0][0, 0]))
+            time.sleep(0.05)
+            return [arrays[0]]
+
+        async def main() -> list[object]:
+            with ThreadPoolExecutor(1) as ex:
+                b = MicroBatcher(slow, max_batch_size=1, max_delay_s=0, executor=ex)
+                first = asyncio.ensure_future(b.submit([rows(1, 1)]))
+                await asyncio.sleep(0)  # the first run starts and holds the only slot
+                doomed = b.submit([rows(1, 2)], deadline=time.monotonic() + 0.01)
+                patient = b.submit([rows(1, 3)])
+                return await asyncio.gather(first, doomed, patient, return_exceptions=True)
+
+        first, doomed, patient = asyncio.run(main())
+        assert isinstance(doomed, DeadlineExceeded)
+        assert not isinstance(first, BaseException) and not isinstance(patient, BaseException)
+        assert ran == [1.0, 3.0], "the expired request was never run"
