@@ -103,6 +103,14 @@ class GatewayMetrics:
             "gateway_shadow_output_mismatches", "Shadow answers whose outputs could not be compared with the primary's.",
             ["route", "shadow"], registry=r,
         )
+        self.drift_flushes = Counter(
+            "gateway_drift_flushes", "Drift count flushes to the count store, by outcome (ok or error).",
+            ["outcome"], registry=r,
+        )
+        self.drift_flush_seconds = Histogram(
+            "gateway_drift_flush_duration_seconds", "Time to bin queued rows, write them and close due drift windows.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
 
     def batch_observer(self, model: str, version: str) -> BatchObserver:
         """The batcher's per-batch callback, with its children bound once."""

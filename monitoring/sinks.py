@@ -1,0 +1,396 @@
+"""Window counts shared by workers and replicas: the CountSink seam, its memory and Redis backends,
+and `DriftFeed`, which batches a tracker's counts into a sink and closes windows from merged totals.
+
+Design. A window is identified by (key, window_id); key names a tracker (route, version and a
+fingerprint of its bins, so replicas with different profiles never mix counts). Every process
+adds the bin counts of what it served; every process closes every window from the merged totals,
+so each replica publishes the same PSI, describing all traffic (Prometheus may scrape any of them).
+
+- By-rows windows (`WindowPolicy.rows` = N): a shared row counter per key (INCRBY) hands each
+  flush a range of global row positions [T - P, T); rows at positions kN..(k+1)N-1 belong to window
+  k, so a flush that straddles a boundary is split exactly there. Window k is complete once the
+  counter passes (k+1)N; a process closes it when its merged row total reaches N, or after
+  `settle_seconds` if rows reserved by another process never arrive (that process died, or its
+  write failed): then the window is closed with the rows that did.
+- By-time windows (`WindowPolicy.seconds` = T): window ids are wall-clock aligned,
+  floor(epoch / T), so replicas agree without talking. A window is closed `settle_seconds` after its
+  end, giving other replicas time to flush their last counts. Limits: rows are stamped with the
+  flush's clock, not their arrival (off by at most one flush interval), and replica clocks must
+  agree to well under T (NTP).
+- A policy with both limits is windowed by rows in merged mode (the time limit is ignored: two
+  processes could not agree on who cuts a window short). Windows that saw no rows are not recorded.
+- Counts that could not be written are dropped and counted (`DriftFeed.dropped_rows`): drift is
+  best-effort and never blocks or fails serving.
+
+`RedisCountSink` writes one hash per (key, window_id), fields "<column>:<bin>" (the missing slot is
+bin k) and "__rows__", with an expiry; one pipeline(transaction=False) per window per flush carries
+an HINCRBY for every non-zero bin, and reads are one HGETALL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from monitoring.drift import BinCounts, ClosedWindow, Columns, DriftTracker
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+ROWS_FIELD = "__rows__"
+DEFAULT_PREFIX = "gateway:drift"
+DEFAULT_TTL_SECONDS = 3600
+
+
+class CountSinkError(Exception):
+    """The shared count store could not be read or written (Redis down, timeout, bad data)."""
+
+
+class CountSink(Protocol):
+    """Where window counts are merged; keys and ids are the caller's (see the module docstring)."""
+
+    async def reserve(self, key: str, rows: int) -> int:
+        """Add `rows` to the key's shared row counter; returns the counter after (0 adds nothing)."""
+        ...
+
+    async def add(self, key: str, window_id: int, counts: BinCounts) -> None:
+        """Add counts (bins per column, and rows) into one window."""
+        ...
+
+    async def totals(self, key: str, window_id: int) -> BinCounts:
+        """The window's merged counts; arrays may be short (trailing zero bins omitted)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class MemoryCounts:
+    """The storage behind MemoryCountSinks; share one between sinks to model several processes."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    windows: dict[str, dict[int, tuple[int, dict[str, npt.NDArray[np.int64]]]]] = field(default_factory=dict)
+
+
+class MemoryCountSink:
+    """In-process CountSink: the embedded default, and the contract twin of RedisCountSink.
+
+    Keeps the newest `keep` windows per key (Redis expires old ones instead).
+    """
+
+    def __init__(self, store: MemoryCounts | None = None, keep: int = 256) -> None:
+        self.store = store if store is not None else MemoryCounts()
+        self.keep = keep
+
+    async def reserve(self, key: str, rows: int) -> int:
+        total = self.store.counters.get(key, 0) + rows
+        self.store.counters[key] = total
+        return total
+
+    async def add(self, key: str, window_id: int, counts: BinCounts) -> None:
+        windows = self.store.windows.setdefault(key, {})
+        rows, bins = windows.get(window_id, (0, {}))
+        for name, array in counts.bins.items():
+            values = np.asarray(array, np.int64)
+            old = bins.get(name)
+            if old is None:
+                bins[name] = values.copy()
+            else:
+                size = max(old.size, values.size)
+                merged = np.zeros(size, np.int64)
+                merged[: old.size] += old
+                merged[: values.size] += values
+                bins[name] = merged
+        windows[window_id] = (rows + counts.rows, bins)
+        while len(windows) > self.keep:
+            del windows[min(windows)]
+
+    async def totals(self, key: str, window_id: int) -> BinCounts:
+        rows, bins = self.store.windows.get(key, {}).get(window_id, (0, {}))
+        return BinCounts(rows, {name: array.copy() for name, array in bins.items()})
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisCountSink:
+    """CountSink over Redis hashes (see the module docstring for the layout).
+
+    Takes a connected `redis.asyncio.Redis`; closes it on `close()` only when `owns_client`.
+    Redis errors surface as CountSinkError.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        owns_client: bool = False,
+    ) -> None:
+        if ttl_seconds < 1:
+            raise ValueError(f"count sink: ttl_seconds must be >= 1, got {ttl_seconds}")
+        self.client = client
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self.owns_client = owns_client
+
+    def window_key(self, key: str, window_id: int) -> str:
+        return f"{self.prefix}:{key}:w:{window_id}"
+
+    def counter_key(self, key: str) -> str:
+        return f"{self.prefix}:{key}:rows"
+
+    async def reserve(self, key: str, rows: int) -> int:
+        counter = self.counter_key(key)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incrby(counter, rows)
+                pipe.expire(counter, self.ttl_seconds)
+                total, _ = await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc, f"reserving {rows} rows for {key!r}") from exc
+        return int(total)
+
+    async def add(self, key: str, window_id: int, counts: BinCounts) -> None:
+        name = self.window_key(key, window_id)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for column, array in counts.bins.items():
+                    values = np.asarray(array, np.int64)
+                    for index in np.flatnonzero(values).tolist():
+                        pipe.hincrby(name, f"{column}:{index}", int(values[index]))
+                pipe.hincrby(name, ROWS_FIELD, counts.rows)
+                pipe.expire(name, self.ttl_seconds)
+                await pipe.execute()
+        except Exception as exc:
+            raise _translate(exc, f"adding counts to {name!r}") from exc
+
+    async def totals(self, key: str, window_id: int) -> BinCounts:
+        name = self.window_key(key, window_id)
+        try:
+            raw: Mapping[Any, Any] = await self.client.hgetall(name)
+        except Exception as exc:
+            raise _translate(exc, f"reading {name!r}") from exc
+        rows = 0
+        sparse: dict[str, dict[int, int]] = {}
+        for raw_field, raw_value in raw.items():
+            text = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
+            if text == ROWS_FIELD:
+                rows = int(raw_value)
+                continue
+            column, sep, index = text.rpartition(":")
+            if not sep or not index.isdigit():
+                raise CountSinkError(f"count sink: unexpected field {text!r} in {name!r}")
+            sparse.setdefault(column, {})[int(index)] = int(raw_value)
+        bins: dict[str, npt.NDArray[np.int64]] = {}
+        for column, cells in sparse.items():
+            array = np.zeros(max(cells) + 1, np.int64)
+            array[list(cells)] = list(cells.values())
+            bins[column] = array
+        return BinCounts(rows, bins)
+
+    async def close(self) -> None:
+        if self.owns_client:
+            await self.client.aclose()
+
+
+def _translate(exc: Exception, doing: str) -> Exception:
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, RedisError | OSError):
+        return CountSinkError(f"count sink: {doing}: {exc}")
+    return exc
+
+
+def open_count_sink(url: str | None, *, prefix: str = DEFAULT_PREFIX, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> CountSink:
+    """A sink for a URL: None for in-process counts, redis:// (or rediss://, unix://) for shared ones.
+
+    redis is imported only when asked for, so the embedded default never loads it.
+    """
+    if url is None:
+        return MemoryCountSink()
+    if url.split("://", 1)[0] in {"redis", "rediss", "unix"}:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # Drift is best-effort: fail a flush fast (it is retried by the next one) rather than back off for seconds.
+        client = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 1))
+        return RedisCountSink(client, prefix, ttl_seconds=ttl_seconds, owns_client=True)
+    raise ValueError(f"count sink: unsupported URL scheme in {url!r}; expected redis://, rediss:// or unix://")
+
+
+class DriftFeed:
+    """Feeds one tracker's counts through a CountSink; the gateway's per-(route, version) drift handle.
+
+    `add` (on the request path, after the response) only queues the batch: no numpy work, no I/O.
+    `flush` (from one background task, every fraction of a second) bins the queued rows in one go,
+    writes them to the sink and closes the windows that are due, with PSI from the merged totals.
+    The tracker's `current()` shows this process's share of the open window; `history()` the
+    merged windows. Not thread-safe: one event loop owns it.
+    """
+
+    def __init__(
+        self,
+        tracker: DriftTracker,
+        sink: CountSink,
+        key: str | None = None,
+        *,
+        settle_seconds: float = 2.0,
+        max_pending_rows: int = 100_000,
+    ) -> None:
+        self.tracker = tracker
+        self.sink = sink
+        self.key = key if key is not None else f"{tracker.route}:{tracker.version}:{tracker.fingerprint}"
+        self.settle_seconds = settle_seconds
+        self.max_pending_rows = max_pending_rows
+        self.dropped_rows = 0
+        self._pending: list[tuple[Columns, Columns | None, int]] = []
+        self._pending_rows = 0
+        self._next_close: int | None = None
+        self._waiting_since: dict[int, float] = {}
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def add(self, columns: Columns, outputs: Columns | None = None) -> bool:
+        """Queue a served batch (arrays are kept, not copied: don't mutate them); False if dropped as over the cap."""
+        n = _rows(columns)
+        if self._pending_rows + n > self.max_pending_rows:
+            self.dropped_rows += n
+            return False
+        self._pending.append((columns, outputs, n))
+        self._pending_rows += n
+        return True
+
+    async def flush(self, *, now: float, epoch: float) -> list[ClosedWindow]:
+        """Write queued counts and close due windows; `now` is monotonic, `epoch` wall-clock seconds.
+
+        Raises CountSinkError when the sink fails; the queued rows are then dropped and counted.
+        """
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        slots = self._locate(pending)
+        try:
+            if self.tracker.policy.rows is not None:
+                return await self._flush_rows(slots, self.tracker.policy.rows, now)
+            assert self.tracker.policy.seconds is not None
+            return await self._flush_time(slots, self.tracker.policy.seconds, now, epoch)
+        except BaseException:
+            self.dropped_rows += slots.shape[0]
+            raise
+
+    def _locate(self, pending: list[tuple[Columns, Columns | None, int]]) -> npt.NDArray[np.intp]:
+        # Batches are concatenated before binning, so numpy's per-call overhead is paid per flush,
+        # not per request. A malformed batch (a missing column, a wrong width) is dropped and
+        # counted alone: the others are binned one by one.
+        tracker = self.tracker
+        bare = [columns for columns, outputs, _ in pending if outputs is None]
+        full = [(columns, outputs) for columns, outputs, _ in pending if outputs is not None]
+        parts: list[npt.NDArray[np.intp]] = []
+        try:
+            if bare:
+                parts.append(tracker.locate(_concat(bare, tracker.feature_names)))
+            if full:
+                outputs = [o for _, o in full if o is not None]
+                parts.append(tracker.locate(_concat([c for c, _ in full], tracker.feature_names), _concat(outputs, tracker.output_names)))
+        except (ValueError, KeyError, TypeError):
+            parts = []
+            for columns, outputs_, rows in pending:
+                try:
+                    parts.append(tracker.locate(columns, outputs_))
+                except (ValueError, KeyError, TypeError):
+                    self.dropped_rows += rows
+        if not parts:
+            return np.empty((0, len(tracker.columns)), np.intp)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def _flush_rows(self, slots: npt.NDArray[np.intp], limit: int, now: float) -> list[ClosedWindow]:
+        rows = slots.shape[0]
+        total = await self.sink.reserve(self.key, rows)
+        position = total - rows
+        if self._next_close is None or self._next_close > total // limit:  # first flush, or the counter expired
+            self._next_close = position // limit
+        current: list[tuple[int, BinCounts]] = []
+        done = 0
+        while done < rows:
+            window = (position + done) // limit
+            take = min(rows - done, (window + 1) * limit - (position + done))
+            counts = self.tracker.split(self.tracker.tally(slots[done : done + take]), take)
+            await self.sink.add(self.key, window, counts)
+            current.append((window, counts))
+            done += take
+        closed = await self._close_due(total // limit - 1, now, lambda t: t.rows >= limit)
+        self._mirror(current, now)
+        return closed
+
+    async def _flush_time(self, slots: npt.NDArray[np.intp], seconds: float, now: float, epoch: float) -> list[ClosedWindow]:
+        window = math.floor(epoch / seconds)
+        if self._next_close is None:
+            self._next_close = window
+        current: list[tuple[int, BinCounts]] = []
+        if slots.shape[0]:
+            counts = self.tracker.split(self.tracker.tally(slots), slots.shape[0])
+            await self.sink.add(self.key, window, counts)
+            current.append((window, counts))
+        closed = await self._close_due(math.floor((epoch - self.settle_seconds) / seconds) - 1, now, lambda t: True)
+        self._mirror(current, now)
+        return closed
+
+    async def _close_due(self, last: int, now: float, complete: Callable[[BinCounts], bool]) -> list[ClosedWindow]:
+        """Close windows up to `last` from merged totals; stop at one that is incomplete and not yet settled."""
+        assert self._next_close is not None
+        keep = self.tracker.history_size
+        if last - self._next_close >= keep:  # far behind (idle process): only the newest `keep` matter
+            self._next_close = last - keep + 1
+        closed: list[ClosedWindow] = []
+        while self._next_close <= last:
+            window = self._next_close
+            totals = await self.sink.totals(self.key, window)
+            if not complete(totals) and now < self._waiting_since.setdefault(window, now) + self.settle_seconds:
+                break
+            self._waiting_since.pop(window, None)
+            if totals.rows:
+                closed.append(self.tracker.close(now, totals, window=window))
+            self._next_close = window + 1
+        return closed
+
+    def _mirror(self, current: list[tuple[int, BinCounts]], now: float) -> None:
+        # This process's share of the windows still open, for `tracker.current()`.
+        for window, counts in current:
+            if self._next_close is not None and window >= self._next_close:
+                self.tracker.add_counts(counts, now=now, window=window)
+
+
+def _rows(columns: Columns) -> int:
+    if isinstance(columns, np.ndarray):
+        return int(columns.shape[0]) if columns.ndim else 1
+    for value in columns.values():
+        return int(np.shape(value)[0]) if np.ndim(value) else 1
+    return 0
+
+
+def _matrix(columns: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    return columns if columns.ndim == 2 else columns.reshape(columns.shape[0], -1 if columns.ndim > 2 else 1)
+
+
+def _concat(batches: Sequence[Columns], names: Sequence[str]) -> Columns:
+    """One batch from several: stacked rows of 2-D arrays, or per-name concatenated columns."""
+    if len(batches) == 1:
+        return batches[0]
+    arrays = [b for b in batches if isinstance(b, np.ndarray)]
+    if len(arrays) == len(batches):
+        return np.concatenate([_matrix(b) for b in arrays])
+
+    def column(batch: Columns, index: int, name: str) -> npt.NDArray[Any]:
+        if isinstance(batch, np.ndarray):
+            return _matrix(batch)[:, index]
+        return np.asarray(batch[name]).reshape(-1)
+
+    return {name: np.concatenate([column(b, i, name) for b in batches]) for i, name in enumerate(names)}
