@@ -21,7 +21,7 @@ MAX_ARMS = 16
 MAX_SHADOWS = 8
 
 _SPLITS: tuple[Split, ...] = ("random", "sticky")
-_POLICY_FIELDS = ("model", "arms", "split", "sticky_key", "shadows")
+_POLICY_FIELDS = ("model", "arms", "split", "sticky_key", "shadows", "features", "drift")
 _ARM_FIELDS = ("version", "weight")
 _SHADOW_FIELDS = ("version", "url", "sample")
 
@@ -48,6 +48,20 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FeaturePolicy:
+    """What an entity-keyed request does when features are missing: `missing_entity` "default" serves
+    the view's defaults, "error" answers 404 naming the entity; `on_store_error` "error" answers 503 at
+    once, "default" serves defaults when the online store is slow or down."""
+
+    missing_entity: Literal["default", "error"] = "default"
+    on_store_error: Literal["default", "error"] = "error"
+
+
+_FEATURE_FIELDS = ("missing_entity", "on_store_error")
+_DRIFT_FIELDS = ("window_requests", "window_seconds")
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePolicy:
     """A validated route policy; build with parse(), serialize with to_dict()."""
 
@@ -56,6 +70,8 @@ class RoutePolicy:
     split: Split
     sticky_key: str | None
     shadows: tuple[ShadowSpec, ...]
+    features: FeaturePolicy = FeaturePolicy()
+    drift: tuple[tuple[str, float], ...] = ()  # {"window_requests": N} or {"window_seconds": T}; () = server default
 
     @classmethod
     def parse(cls, spec: object) -> RoutePolicy:
@@ -78,7 +94,8 @@ class RoutePolicy:
         if split == "sticky" and sticky_key is None:
             raise PolicyError("sticky_key: required when split is 'sticky'")
         shadows = _parse_shadows(spec.get("shadows"), {arm.version for arm in arms})
-        return cls(model, arms, cast(Split, split), sticky_key, shadows)
+        return cls(model, arms, cast(Split, split), sticky_key, shadows, _parse_features(spec.get("features")),
+                   _parse_drift(spec.get("drift")))
 
     def to_dict(self) -> dict[str, object]:
         """The canonical JSON form: parse(to_dict()) == self; integral numbers are written as ints."""
@@ -95,7 +112,43 @@ class RoutePolicy:
             target["sample"] = _json_number(s.sample)
             shadows.append(target)
         out["shadows"] = shadows
+        if self.features != FeaturePolicy():
+            out["features"] = {"missing_entity": self.features.missing_entity, "on_store_error": self.features.on_store_error}
+        if self.drift:
+            out["drift"] = {k: _json_number(v) for k, v in self.drift}
         return out
+
+
+def _parse_features(value: object) -> FeaturePolicy:
+    if value is None:
+        return FeaturePolicy()
+    if not isinstance(value, Mapping):
+        raise PolicyError("features: must be an object")
+    _refuse_unknown("features", value, _FEATURE_FIELDS)
+    choices = ("default", "error")
+    missing = value.get("missing_entity", "default")
+    on_error = value.get("on_store_error", "error")
+    if missing not in choices:
+        raise PolicyError(f"features.missing_entity: must be 'default' or 'error', got {missing!r}")
+    if on_error not in choices:
+        raise PolicyError(f"features.on_store_error: must be 'default' or 'error', got {on_error!r}")
+    return FeaturePolicy(missing, on_error)
+
+
+def _parse_drift(value: object) -> tuple[tuple[str, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise PolicyError("drift: must be an object")
+    _refuse_unknown("drift", value, _DRIFT_FIELDS)
+    if len(value) != 1:
+        raise PolicyError("drift: give exactly one of 'window_requests' or 'window_seconds'")
+    ((key, number),) = value.items()
+    n = _number(number)
+    if n is None or n <= 0 or (key == "window_requests" and n != int(n)):
+        kind = "a positive integer" if key == "window_requests" else "a positive number of seconds"
+        raise PolicyError(f"drift.{key}: must be {kind}")
+    return ((str(key), float(n)),)
 
 
 def _refuse_unknown(where: str, spec: Mapping[object, object], known: tuple[str, ...]) -> None:

@@ -452,3 +452,44 @@ class TestSampledShadows:
         """One draw per shadow is required; a short list raises ValueError."""
         with pytest.raises(ValueError):
             route((1,), shadows=(0.5, 0.5)).sampled_shadows([0.1])
+
+
+class TestFeatureAndDriftPolicy:
+    BASE = {"model": "m", "arms": [{"version": "1", "weight": 1}]}
+
+    def test_defaults_serve_missing_entities_and_fail_on_store_errors(self) -> None:
+        """Without a features block: missing entities get defaults, a store outage is a 503."""
+        policy = RoutePolicy.parse(self.BASE)
+        assert (policy.features.missing_entity, policy.features.on_store_error) == ("default", "error")
+        assert "features" not in policy.to_dict() and "drift" not in policy.to_dict()
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"features": {"missing_entity": "error", "on_store_error": "default"}},
+            {"drift": {"window_requests": 500}},
+            {"drift": {"window_seconds": 2.5}},
+        ],
+    )
+    def test_round_trip(self, extra: dict[str, object]) -> None:
+        """features and drift blocks survive parse -> to_dict unchanged."""
+        spec = {**self.BASE, **extra}
+        assert {k: v for k, v in RoutePolicy.parse(spec).to_dict().items() if k in extra} == extra
+
+    @pytest.mark.parametrize(
+        ("extra", "field"),
+        [
+            ({"features": {"missing_entity": "ignore"}}, "features.missing_entity"),
+            ({"features": {"on_store_error": 1}}, "features.on_store_error"),
+            ({"features": {"nope": 1}}, "features"),
+            ({"drift": {"window_requests": 0}}, "drift.window_requests"),
+            ({"drift": {"window_requests": 2.5}}, "drift.window_requests"),
+            ({"drift": {"window_seconds": -1}}, "drift.window_seconds"),
+            ({"drift": {"window_requests": 5, "window_seconds": 5}}, "drift"),
+            ({"drift": []}, "drift"),
+        ],
+    )
+    def test_invalid_blocks_name_the_field(self, extra: dict[str, object], field: str) -> None:
+        """Bad features/drift blocks raise PolicyError naming the field."""
+        with pytest.raises(PolicyError, match=field.replace(".", r"\.")):
+            RoutePolicy.parse({**self.BASE, **extra})
