@@ -21,8 +21,10 @@ def register_model_file(
     run_id: str | None = None,
     description: str = "",
     tags: Mapping[str, str] | None = None,
+    create_model: bool = True,
 ) -> ModelVersion:
-    """Register `data` (ONNX bytes) as the next version of `name`, creating the model if needed.
+    """Register `data` (ONNX bytes) as the next version of `name`, creating the model if needed (with
+    `create_model`; otherwise a missing model raises ResourceDoesNotExist, as MLflow's create_model_version).
 
     Raises InvalidModelFile before anything is written, and any store error after removing a blob
     this call added.
@@ -34,7 +36,14 @@ def register_model_file(
     artifacts.put_bytes(data)
     try:
         return store.create_model_version(
-            name, digest, signature, source=source, run_id=run_id, description=description, tags=tags
+            name,
+            digest,
+            signature,
+            source=source,
+            run_id=run_id,
+            description=description,
+            tags=tags,
+            create_model=create_model,
         )
     except BaseException:
         # A blob that an earlier version already uses must stay; only our own write is undone.

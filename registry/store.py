@@ -4,54 +4,66 @@ SQLite (WAL) or PostgreSQL; every mutation bumps the change counter that followe
 
 from __future__ import annotations
 
-import json
-import re
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 
 from registry import routes
-from registry.entities import STAGES, AuditEntry, ModelVersion, RegisteredModel, RouteRecord, Signature, Stage
-from registry.errors import (
-    InvalidParameterValue,
-    ResourceAlreadyExists,
-    ResourceDoesNotExist,
-    StoreUnavailable,
+from registry import versions as v
+from registry.dialects import binary_collation, dialect_insert
+from registry.entities import (
+    STAGES,
+    AuditEntry,
+    ModelVersion,
+    Page,
+    RegisteredModel,
+    RouteRecord,
+    Signature,
+    Stage,
 )
+from registry.errors import InvalidParameterValue, ResourceDoesNotExist, StoreUnavailable
 from registry.schema import (
     CHANGES_ROW_ID,
-    NAME_LENGTH,
+    DEFAULT_EXPERIMENT_ID,
+    DEFAULT_EXPERIMENT_NAME,
     RUN_ID_LENGTH,
-    TAG_KEY_LENGTH,
+    experiments,
     metadata,
     model_aliases,
-    model_version_tags,
     model_versions,
-    registered_model_tags,
     registered_models,
     registry_changes,
+)
+from registry.search import (
+    MODEL_VERSIONS,
+    REGISTERED_MODELS,
+    check_max_results,
+    compile_model_version_filter,
+    compile_model_version_order,
+    compile_registered_model_filter,
+    compile_registered_model_order,
+    decode_page_token,
+    encode_page_token,
+    parse_filter,
+    parse_order_by,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
-CHAMPION = "champion"
-LATEST = "latest"  # a version ref meaning the newest version; reserved as an alias name, as in MLflow
-TAG_VALUE_LENGTH = 5000
+CHAMPION = v.CHAMPION
+LATEST = v.LATEST
+TAG_VALUE_LENGTH = v.TAG_VALUE_LENGTH
+SEARCH_MODELS_MAX = 1000  # MLflow's limits on one page of registered models / model versions
+SEARCH_VERSIONS_MAX = 200_000
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_ALIAS_RE = re.compile(r"[A-Za-z0-9_\-]+")
-_VERSION_LIKE_ALIAS_RE = re.compile(r"[vV]?\d+")  # MLflow reserves these so "v3" and "3" stay version refs
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_STAGE_BY_LOWER: dict[str, Stage] = {s.lower(): s for s in STAGES}
 # Stages that may be asked for by name in a version ref; "None" would read as "no version".
 _REF_STAGES: tuple[Stage, ...] = ("Production", "Staging", "Archived")
 _CREATE_RETRIES = 5
@@ -96,6 +108,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         _sqlite_enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+        cursor.execute("PRAGMA case_sensitive_like=ON")  # LIKE as in PostgreSQL and MLflow; ILIKE ignores case
     finally:
         cursor.close()
 
@@ -127,16 +140,6 @@ def _create_postgres_engine(url: URL) -> Engine:
     return sa.create_engine(url, connect_args=connect_args, isolation_level="READ COMMITTED")
 
 
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which has on_conflict_do_nothing/do_update on both SQLite and PostgreSQL."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
-def _binary_collation(conn: Connection) -> str:
-    """A byte-order collation, so both backends list names in the same order."""
-    return "C" if conn.dialect.name == "postgresql" else "BINARY"
-
-
 _PG_DUPLICATE_SQLSTATES = frozenset({"42P07", "42710", "23505"})  # duplicate table / object / catalog key
 
 
@@ -153,158 +156,6 @@ def _first_line(error: exc.DBAPIError) -> str:
     return lines[0] if lines else type(error.orig).__name__
 
 
-# --- validation --------------------------------------------------------------------------------
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _check_name(name: str, noun: str = "registered model") -> None:
-    if not name:
-        raise InvalidParameterValue(f"{noun.capitalize()} name cannot be empty")
-    if len(name) > NAME_LENGTH:
-        raise InvalidParameterValue(f"{noun.capitalize()} name is longer than {NAME_LENGTH} characters")
-    if not _NAME_RE.fullmatch(name):
-        raise InvalidParameterValue(
-            f"Invalid {noun} name {name!r}: use only letters, digits, '_', '.' and '-'"
-        )
-
-
-def _check_alias(alias: str) -> None:
-    if not alias:
-        raise InvalidParameterValue("Alias name cannot be empty")
-    if len(alias) > NAME_LENGTH:
-        raise InvalidParameterValue(f"Alias name is longer than {NAME_LENGTH} characters")
-    if not _ALIAS_RE.fullmatch(alias):
-        raise InvalidParameterValue(f"Invalid alias name {alias!r}: use only letters, digits, '_' and '-'")
-    if _VERSION_LIKE_ALIAS_RE.fullmatch(alias):
-        raise InvalidParameterValue(f"Invalid alias name {alias!r}: it reads as a version number")
-    if alias.lower() == LATEST:
-        raise InvalidParameterValue(f"Alias name {alias!r} is reserved")
-
-
-def _check_text(label: str, value: str, limit: int | None = None) -> None:
-    # PostgreSQL text cannot hold NUL while SQLite can; refusing it keeps both backends alike.
-    if "\x00" in value:
-        raise InvalidParameterValue(f"{label} contains a NUL character")
-    if limit is not None and len(value) > limit:
-        raise InvalidParameterValue(f"{label} is longer than {limit} characters")
-
-
-def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
-    checked = dict(tags or {})
-    for key, value in checked.items():
-        if not key:
-            raise InvalidParameterValue("Tag key cannot be empty")
-        _check_text(f"Tag key {key!r}", key, TAG_KEY_LENGTH)
-        _check_text(f"Tag {key!r} value", value, TAG_VALUE_LENGTH)
-    return checked
-
-
-def _normalise_stage(stage: str) -> Stage:
-    try:
-        return _STAGE_BY_LOWER[stage.lower()]
-    except KeyError:
-        raise InvalidParameterValue(f"Invalid stage {stage!r}: expected one of {', '.join(STAGES)}") from None
-
-
-# --- rows -> entities ------------------------------------------------------------------------
-
-
-def _model_row(conn: Connection, name: str) -> sa.Row[Any]:
-    row = conn.execute(sa.select(registered_models).where(registered_models.c.name == name)).first()
-    if row is None:
-        raise ResourceDoesNotExist(f"Registered model {name!r} not found")
-    return row
-
-
-def _model_exists(conn: Connection, name: str) -> bool:
-    query = sa.select(registered_models.c.name).where(registered_models.c.name == name)
-    return conn.execute(query).first() is not None
-
-
-def _model_tags(conn: Connection, name: str | None = None) -> dict[str, dict[str, str]]:
-    query = sa.select(registered_model_tags)
-    if name is not None:
-        query = query.where(registered_model_tags.c.name == name)
-    tags: dict[str, dict[str, str]] = {}
-    for row in conn.execute(query):
-        tags.setdefault(row.name, {})[row.key] = row.value
-    return tags
-
-
-def _to_model(row: sa.Row[Any], tags: dict[str, str]) -> RegisteredModel:
-    return RegisteredModel(
-        name=row.name, description=row.description, created_ms=row.created_ms, updated_ms=row.updated_ms, tags=tags
-    )
-
-
-def _load_versions(
-    conn: Connection, name: str, *where: sa.ColumnElement[bool], newest_only: bool = False
-) -> list[ModelVersion]:
-    """Versions of `name` matching `where`, ascending (or only the newest), with their tags and aliases."""
-    query = sa.select(model_versions).where(model_versions.c.name == name, *where)
-    if newest_only:
-        query = query.order_by(model_versions.c.version.desc()).limit(1)
-    else:
-        query = query.order_by(model_versions.c.version)
-    rows = conn.execute(query).all()
-    if not rows:
-        return []
-    numbers = [row.version for row in rows]
-    tags: dict[int, dict[str, str]] = {}
-    tag_query = sa.select(model_version_tags).where(
-        model_version_tags.c.name == name, model_version_tags.c.version.in_(numbers)
-    )
-    for tag in conn.execute(tag_query):
-        tags.setdefault(tag.version, {})[tag.key] = tag.value
-    aliases: dict[int, list[str]] = {}
-    alias_query = (
-        sa.select(model_aliases.c.version, model_aliases.c.alias)
-        .where(model_aliases.c.name == name, model_aliases.c.version.in_(numbers))
-        .order_by(model_aliases.c.alias.collate(_binary_collation(conn)))
-    )
-    for alias in conn.execute(alias_query):
-        aliases.setdefault(alias.version, []).append(alias.alias)
-    return [
-        ModelVersion(
-            name=row.name,
-            version=row.version,
-            artifact_sha256=row.artifact_sha256,
-            signature=Signature.from_dict(json.loads(row.signature)),
-            stage=_normalise_stage(row.stage),
-            created_ms=row.created_ms,
-            updated_ms=row.updated_ms,
-            source=row.source,
-            run_id=row.run_id,
-            description=row.description,
-            tags=tags.get(row.version, {}),
-            aliases=tuple(aliases.get(row.version, ())),
-        )
-        for row in rows
-    ]
-
-
-def _one_version(conn: Connection, name: str, version: int) -> ModelVersion:
-    found = _load_versions(conn, name, model_versions.c.version == version)
-    if not found:
-        _model_row(conn, name)  # a missing model gets the more useful message
-        raise ResourceDoesNotExist(f"Model version {version} of {name!r} not found")
-    return found[0]
-
-
-def _newest(conn: Connection, name: str, *where: sa.ColumnElement[bool]) -> ModelVersion | None:
-    found = _load_versions(conn, name, *where, newest_only=True)
-    return found[0] if found else None
-
-
-def _by_alias(conn: Connection, name: str, alias: str) -> ModelVersion | None:
-    number = sa.select(model_aliases.c.version).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
-    found = _load_versions(conn, name, model_versions.c.version == number.scalar_subquery())
-    return found[0] if found else None
-
-
 def _bump_counter(conn: Connection) -> None:
     # First statement of every mutation: it takes the write lock (SQLite) or the row lock
     # (PostgreSQL) up front, so mutations run one at a time and version numbers cannot collide.
@@ -315,49 +166,19 @@ def _bump_counter(conn: Connection) -> None:
     )
 
 
-def _insert_model(conn: Connection, name: str, description: str, tags: dict[str, str]) -> RegisteredModel:
-    if _model_exists(conn, name):
-        raise ResourceAlreadyExists(f"Registered model {name!r} already exists")
-    now = _now_ms()
-    conn.execute(
-        sa.insert(registered_models).values(name=name, description=description, created_ms=now, updated_ms=now)
+def _seed_rows(conn: Connection) -> None:
+    """The rows every database starts with: the change counter and MLflow's "Default" experiment."""
+    conn.execute(dialect_insert(conn, registry_changes).values(id=CHANGES_ROW_ID, counter=0).on_conflict_do_nothing())
+    now = v.now_ms()
+    default = dialect_insert(conn, experiments).values(
+        experiment_id=DEFAULT_EXPERIMENT_ID,
+        name=DEFAULT_EXPERIMENT_NAME,
+        artifact_location=f"mlflow-artifacts:/{DEFAULT_EXPERIMENT_ID}",
+        lifecycle_stage="active",
+        creation_time=now,
+        last_update_time=now,
     )
-    if tags:
-        conn.execute(sa.insert(registered_model_tags), [{"name": name, "key": k, "value": v} for k, v in tags.items()])
-    return RegisteredModel(name=name, description=description, created_ms=now, updated_ms=now, tags=tags)
-
-
-def _insert_version(conn: Connection, draft: ModelVersion, create_model: bool) -> ModelVersion:
-    """Insert `draft` as version max+1 of its model, stamped now."""
-    _bump_counter(conn)
-    if not _model_exists(conn, draft.name):
-        if not create_model:
-            raise ResourceDoesNotExist(f"Registered model {draft.name!r} not found")
-        _insert_model(conn, draft.name, "", {})
-    latest = conn.execute(
-        sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.name == draft.name)
-    ).scalar()
-    now = _now_ms()
-    mv = replace(draft, version=(latest or 0) + 1, created_ms=now, updated_ms=now)
-    conn.execute(
-        sa.insert(model_versions).values(
-            name=mv.name,
-            version=mv.version,
-            artifact_sha256=mv.artifact_sha256,
-            signature=json.dumps(mv.signature.to_dict(), separators=(",", ":")),
-            stage=mv.stage,
-            source=mv.source,
-            run_id=mv.run_id,
-            description=mv.description,
-            created_ms=now,
-            updated_ms=now,
-        )
-    )
-    if mv.tags:
-        rows = [{"name": mv.name, "version": mv.version, "key": k, "value": v} for k, v in mv.tags.items()]
-        conn.execute(sa.insert(model_version_tags), rows)
-    conn.execute(sa.update(registered_models).where(registered_models.c.name == mv.name).values(updated_ms=now))
-    return mv
+    conn.execute(default.on_conflict_do_nothing())
 
 
 class RegistryStore:
@@ -374,6 +195,8 @@ class RegistryStore:
             raise InvalidParameterValue(f"Invalid registry database URL {url!r}") from error
         self._label = self._url.render_as_string(hide_password=True)
         backend = self._url.get_backend_name()
+        self._sqlite = backend == "sqlite"
+        self._sqlite_writer = threading.Lock()
         try:
             if backend == "sqlite":
                 self._engine = _create_sqlite_engine(self._url)
@@ -399,14 +222,31 @@ class RegistryStore:
         return StoreUnavailable(f"Registry database {self._label} is unavailable: {_first_line(error)}")
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction, committed when the block exits normally. With `write`, SQLite takes its write
+        lock at BEGIN (BEGIN IMMEDIATE), which writers whose first statement is a read need: upgrading a
+        read lock later fails at once when another writer got in first, instead of waiting busy_timeout.
+
+        SQLite writers of this process also queue on a lock first: SQLite's own busy handler retries by
+        sleeping up to 100 ms at a time, which gives concurrent writers long tail latencies.
+
+        Translates driver errors: OperationalError -> StoreUnavailable, DataError -> InvalidParameterValue.
+        """
         try:
-            with self._engine.begin() as conn:
-                yield conn
+            with ExitStack() as stack:
+                if write and self._sqlite:
+                    stack.enter_context(self._sqlite_writer)
+                conn = stack.enter_context(self._engine.connect())
+                if write:
+                    conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
         except (exc.OperationalError, exc.InterfaceError) as error:
             raise self._unavailable(error) from error
         except exc.DataError as error:  # a value the database cannot store, e.g. NUL in a PostgreSQL lookup
             raise InvalidParameterValue(f"Invalid value for the registry database: {_first_line(error)}") from error
+
+    _tx = transaction
 
     def _create_schema(self) -> None:
         """Idempotent, and safe when several processes start on an empty database at once."""
@@ -415,8 +255,7 @@ class RegistryStore:
             try:
                 with self._engine.connect() as conn, conn.execution_options(**{_SQLITE_IMMEDIATE: True}).begin():
                     metadata.create_all(conn)
-                    stmt = _insert(conn, registry_changes).values(id=CHANGES_ROW_ID, counter=0)
-                    conn.execute(stmt.on_conflict_do_nothing())
+                    _seed_rows(conn)
                 return
             except exc.DBAPIError as error:
                 if attempt < _CREATE_RETRIES and _is_create_race(error):
@@ -432,24 +271,81 @@ class RegistryStore:
     def create_registered_model(
         self, name: str, description: str = "", tags: Mapping[str, str] | None = None
     ) -> RegisteredModel:
-        _check_name(name)
-        checked_tags = _check_tags(tags)
-        _check_text("description", description)
+        v.check_name(name)
+        checked_tags = v.check_tags(tags)
+        v.check_text("description", description)
         with self._tx() as conn:
             _bump_counter(conn)
-            return _insert_model(conn, name, description, checked_tags)
+            return v.insert_model(conn, name, description, checked_tags)
 
     def get_registered_model(self, name: str) -> RegisteredModel:
         with self._tx() as conn:
-            return _to_model(_model_row(conn, name), _model_tags(conn, name).get(name, {}))
+            return v.to_model(v.model_row(conn, name), v.model_tags(conn, [name]).get(name, {}))
 
     def list_registered_models(self) -> list[RegisteredModel]:
         """All models, by name in byte order."""
         with self._tx() as conn:
-            query = sa.select(registered_models).order_by(registered_models.c.name.collate(_binary_collation(conn)))
+            query = sa.select(registered_models).order_by(registered_models.c.name.collate(binary_collation(conn)))
             rows = conn.execute(query).all()
-            tags = _model_tags(conn)
-        return [_to_model(row, tags.get(row.name, {})) for row in rows]
+            tags = v.model_tags(conn)
+        return [v.to_model(row, tags.get(row.name, {})) for row in rows]
+
+    def rename_registered_model(self, name: str, new_name: str) -> RegisteredModel:
+        """Rename a model; its versions, tags and aliases follow. Route policies naming it are not rewritten."""
+        v.check_name(new_name)
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.rename_model(conn, name, new_name)
+            return v.to_model(v.model_row(conn, new_name), v.model_tags(conn, [new_name]).get(new_name, {}))
+
+    def update_registered_model(self, name: str, description: str) -> RegisteredModel:
+        v.check_text("description", description)
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.model_row(conn, name)
+            conn.execute(
+                sa.update(registered_models)
+                .where(registered_models.c.name == name)
+                .values(description=description, updated_ms=v.now_ms())
+            )
+            return v.to_model(v.model_row(conn, name), v.model_tags(conn, [name]).get(name, {}))
+
+    def delete_registered_model(self, name: str) -> None:
+        """Delete a model with all its versions, tags and aliases (blobs stay in the artifact store)."""
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.delete_model(conn, name)
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        v.check_tags({key: value})
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.set_model_tag(conn, name, key, value)
+
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        """Remove a tag; a missing tag is not an error (as in MLflow), a missing model is."""
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.delete_model_tag(conn, name, key)
+
+    def search_registered_models(
+        self,
+        filter_string: str | None = None,
+        max_results: int | None = None,
+        order_by: Sequence[str] = (),
+        page_token: str | None = None,
+    ) -> Page[RegisteredModel]:
+        """Models matching an MLflow filter (`name LIKE '%x%'`, `tags.k = 'v'`), one page at a time."""
+        where = compile_registered_model_filter(parse_filter(filter_string, REGISTERED_MODELS))
+        order = compile_registered_model_order(parse_order_by(order_by, REGISTERED_MODELS))
+        limit = check_max_results(max_results, 100, SEARCH_MODELS_MAX)
+        offset = decode_page_token(page_token)
+        with self._tx() as conn:
+            query = sa.select(registered_models).where(*where).order_by(*order).offset(offset).limit(limit + 1)
+            rows = conn.execute(query).all()
+            tags = v.model_tags(conn, [row.name for row in rows[:limit]])
+        models = tuple(v.to_model(row, tags.get(row.name, {})) for row in rows[:limit])
+        return Page(models, encode_page_token(offset + limit) if len(rows) > limit else None)
 
     # --- versions ---
 
@@ -466,15 +362,43 @@ class RegistryStore:
         create_model: bool = True,
     ) -> ModelVersion:
         """Add version max+1 of `name` in stage "None", creating the model first when `create_model`."""
-        _check_name(name)
-        checked_tags = _check_tags(tags)
-        _check_text("description", description)
-        if source is not None:
-            _check_text("source", source)
-        if run_id is not None:
-            _check_text("run_id", run_id, RUN_ID_LENGTH)
-        if not _SHA256_RE.fullmatch(artifact_sha256):
+        if not v.SHA256_RE.fullmatch(artifact_sha256):
             raise InvalidParameterValue(f"artifact_sha256 {artifact_sha256!r} is not 64 lowercase hex digits")
+        return self._add_version(name, artifact_sha256, signature, source, run_id, description, tags, create_model)
+
+    def create_unservable_model_version(
+        self,
+        name: str,
+        source: str,
+        *,
+        run_id: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> ModelVersion:
+        """Record a version whose source holds no ONNX file (MLflow registers any source): it has no blob
+        (artifact_sha256 "") and an empty signature, and serving resolution never picks it. The model must
+        exist (ResourceDoesNotExist otherwise), as in MLflow."""
+        empty = Signature(inputs=(), outputs=())
+        return self._add_version(name, v.NO_ARTIFACT, empty, source, run_id, description, tags, False)
+
+    def _add_version(
+        self,
+        name: str,
+        artifact_sha256: str,
+        signature: Signature,
+        source: str | None,
+        run_id: str | None,
+        description: str,
+        tags: Mapping[str, str] | None,
+        create_model: bool,
+    ) -> ModelVersion:
+        v.check_name(name)
+        checked_tags = v.check_tags(tags)
+        v.check_text("description", description)
+        if source is not None:
+            v.check_text("source", source)
+        if run_id is not None:
+            v.check_text("run_id", run_id, RUN_ID_LENGTH)
         draft = ModelVersion(
             name=name,
             version=0,
@@ -492,7 +416,8 @@ class RegistryStore:
         while True:
             try:
                 with self._tx() as conn:
-                    return _insert_version(conn, draft, create_model)
+                    _bump_counter(conn)
+                    return v.insert_version(conn, draft, create_model)
             except exc.IntegrityError:
                 # Mutations serialise on the counter row, but a writer that bypasses this class could
                 # take the same number; start over with a fresh max.
@@ -502,24 +427,79 @@ class RegistryStore:
 
     def get_model_version(self, name: str, version: int) -> ModelVersion:
         with self._tx() as conn:
-            return _one_version(conn, name, version)
+            return v.one_version(conn, name, version)
 
     def list_model_versions(self, name: str) -> list[ModelVersion]:
-        """All versions of `name`, ascending. Raises ResourceDoesNotExist for an unknown model."""
+        """All versions of `name` (servable or not), ascending. Raises ResourceDoesNotExist for an unknown model."""
         with self._tx() as conn:
-            _model_row(conn, name)
-            return _load_versions(conn, name)
+            v.model_row(conn, name)
+            return v.load_versions(conn, name)
+
+    def latest_versions(self, name: str, stages: Sequence[str] = ()) -> list[ModelVersion]:
+        """The newest version in each of `stages` (any case; all stages when empty), in STAGES order."""
+        wanted = [v.normalise_stage(stage) for stage in stages]
+        with self._tx() as conn:
+            v.model_row(conn, name)
+            return v.latest_per_stage(conn, name, [s for s in STAGES if not wanted or s in wanted])
+
+    def update_model_version(self, name: str, version: int, description: str) -> ModelVersion:
+        v.check_text("description", description)
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.one_version(conn, name, version)
+            conn.execute(
+                sa.update(model_versions)
+                .where(model_versions.c.name == name, model_versions.c.version == version)
+                .values(description=description, updated_ms=v.now_ms())
+            )
+            return v.one_version(conn, name, version)
+
+    def delete_model_version(self, name: str, version: int) -> None:
+        """Delete one version with its tags and aliases; its number is never issued again for `name`."""
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.delete_version(conn, name, version)
+
+    def set_model_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        v.check_tags({key: value})
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.set_version_tag(conn, name, version, key, value)
+
+    def delete_model_version_tag(self, name: str, version: int, key: str) -> None:
+        with self._tx() as conn:
+            _bump_counter(conn)
+            v.delete_version_tag(conn, name, version, key)
+
+    def search_model_versions(
+        self,
+        filter_string: str | None = None,
+        max_results: int | None = None,
+        order_by: Sequence[str] = (),
+        page_token: str | None = None,
+    ) -> Page[ModelVersion]:
+        """Versions matching an MLflow filter (`name='x'`, `run_id = '...'`, `tags.k = 'v'`), one page at
+        a time; by name, newest version first unless `order_by` says otherwise."""
+        where = compile_model_version_filter(parse_filter(filter_string, MODEL_VERSIONS))
+        order = compile_model_version_order(parse_order_by(order_by, MODEL_VERSIONS))
+        limit = check_max_results(max_results, 10_000, SEARCH_VERSIONS_MAX)
+        offset = decode_page_token(page_token)
+        with self._tx() as conn:
+            query = sa.select(model_versions).where(*where).order_by(*order).offset(offset).limit(limit + 1)
+            rows = conn.execute(query).all()
+            found = v.versions_from_rows(conn, rows[:limit])
+        return Page(tuple(found), encode_page_token(offset + limit) if len(rows) > limit else None)
 
     def transition_stage(
         self, name: str, version: int, stage: str, archive_existing: bool = False
     ) -> ModelVersion:
         """Move a version to `stage` (any case: "production" -> "Production"). With `archive_existing`,
         the other versions in a Staging/Production target stage move to Archived."""
-        target = _normalise_stage(stage)
+        target = v.normalise_stage(stage)
         with self._tx() as conn:
             _bump_counter(conn)
-            _one_version(conn, name, version)
-            now = _now_ms()
+            v.one_version(conn, name, version)
+            now = v.now_ms()
             if archive_existing and target in ("Staging", "Production"):
                 conn.execute(
                     sa.update(model_versions)
@@ -535,64 +515,79 @@ class RegistryStore:
                 .where(model_versions.c.name == name, model_versions.c.version == version)
                 .values(stage=target, updated_ms=now)
             )
-            return _one_version(conn, name, version)
+            return v.one_version(conn, name, version)
 
     # --- aliases ---
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point `alias` at `version`, moving it if it pointed elsewhere."""
-        _check_alias(alias)
+        v.check_alias(alias)
         with self._tx() as conn:
             _bump_counter(conn)
-            _one_version(conn, name, version)
-            stmt = _insert(conn, model_aliases).values(name=name, alias=alias, version=version)
+            v.one_version(conn, name, version)
+            stmt = dialect_insert(conn, model_aliases).values(name=name, alias=alias, version=version)
             conn.execute(stmt.on_conflict_do_update(index_elements=["name", "alias"], set_={"version": version}))
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove `alias`; a missing alias is not an error (as in MLflow), a missing model is."""
         with self._tx() as conn:
             _bump_counter(conn)
-            _model_row(conn, name)
+            v.model_row(conn, name)
             conn.execute(sa.delete(model_aliases).where(model_aliases.c.name == name, model_aliases.c.alias == alias))
 
     def get_version_by_alias(self, name: str, alias: str) -> ModelVersion:
         with self._tx() as conn:
-            found = _by_alias(conn, name, alias)
+            found = v.by_alias(conn, name, alias)
             if found is None:
-                _model_row(conn, name)
+                v.model_row(conn, name)
                 raise ResourceDoesNotExist(f"Alias {alias!r} of registered model {name!r} not found")
             return found
 
-    # --- resolution ---
+    # --- resolution (servable versions only) ---
 
     def resolve_serving_version(self, name: str) -> ModelVersion | None:
         """The version a route with no policy serves: the `champion` alias, else the newest Production
-        version, else the newest version; None when the model has no versions."""
+        version, else the newest version; None when the model has none.
+
+        Only servable versions (with an ONNX blob) count: a champion alias on an unservable version is
+        passed over, as are unservable versions in Production and among the newest.
+        """
+        servable = v.SERVABLE
         with self._tx() as conn:
-            _model_row(conn, name)
+            v.model_row(conn, name)
+            champion = v.by_alias(conn, name, CHAMPION)
             return (
-                _by_alias(conn, name, CHAMPION)
-                or _newest(conn, name, model_versions.c.stage == "Production")
-                or _newest(conn, name)
+                (champion if champion is not None and champion.servable else None)
+                or v.newest(conn, name, servable, model_versions.c.stage == "Production")
+                or v.newest(conn, name, servable)
             )
 
     def resolve_version_ref(self, name: str, ref: str) -> ModelVersion:
         """`ref` is a version number ("3"), "latest", an alias ("champion"), or a stage name
-        ("Production", any case; the newest version in it). Aliases win over stage names."""
+        ("Production", any case; the newest version in it). Aliases win over stage names.
+
+        Only servable versions (with an ONNX blob) resolve: "latest" and stage names skip unservable
+        versions, and a number or alias naming one raises InvalidParameterValue saying it cannot be served.
+        """
         with self._tx() as conn:
-            _model_row(conn, name)
+            v.model_row(conn, name)
             found: ModelVersion | None
             if ref.isascii() and ref.isdigit():
-                found = _newest(conn, name, model_versions.c.version == int(ref))
+                found = v.newest(conn, name, model_versions.c.version == int(ref))
             elif ref.lower() == LATEST:
-                found = _newest(conn, name)
+                found = v.newest(conn, name, v.SERVABLE)
             else:
-                found = _by_alias(conn, name, ref)
-                stage = _STAGE_BY_LOWER.get(ref.lower())
+                found = v.by_alias(conn, name, ref)
+                stage = v.STAGE_BY_LOWER.get(ref.lower())
                 if found is None and stage in _REF_STAGES:
-                    found = _newest(conn, name, model_versions.c.stage == stage)
+                    found = v.newest(conn, name, v.SERVABLE, model_versions.c.stage == stage)
             if found is None:
                 raise ResourceDoesNotExist(f"No version of registered model {name!r} matches {ref!r}")
+            if not found.servable:
+                raise InvalidParameterValue(
+                    f"Version {found.version} of registered model {name!r} ({ref!r}) cannot be served: "
+                    "its source holds no .onnx file"
+                )
             return found
 
     # --- route policies (logic in registry/routes.py) ---
@@ -600,18 +595,18 @@ class RegistryStore:
     def put_route(self, name: str, model: str, policy: dict[str, Any], actor: str) -> RouteRecord:
         """Store `policy` (a JSON object of at most 64 KiB) as route `name`'s, replacing any, and audit it.
         `model` need not be registered: the gateway validates policies before storing them."""
-        _check_name(name, "route")
-        _check_name(model)
+        v.check_name(name, "route")
+        v.check_name(model)
         with self._tx() as conn:
             _bump_counter(conn)
-            return routes.put_route(conn, name, model, policy, actor, _now_ms())[0]
+            return routes.put_route(conn, name, model, policy, actor, v.now_ms())[0]
 
     def delete_route(self, name: str, actor: str) -> None:
         """Remove route `name`'s policy and audit it; ResourceDoesNotExist when it has none."""
-        _check_name(name, "route")
+        v.check_name(name, "route")
         with self._tx() as conn:
             _bump_counter(conn)
-            routes.delete_route(conn, name, actor, _now_ms())
+            routes.delete_route(conn, name, actor, v.now_ms())
 
     def get_route(self, name: str) -> RouteRecord:
         with self._tx() as conn:
@@ -625,7 +620,7 @@ class RegistryStore:
     def list_audit(self, route: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` (1..10000) route audit entries, of `route` only when given, newest first."""
         if route is not None:
-            _check_name(route, "route")
+            v.check_name(route, "route")
         with self._tx() as conn:
             return routes.list_audit(conn, route, limit)
 
