@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
@@ -20,18 +21,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from featurestore.api import FeatureAPI, feature_routes
+from featurestore.errors import FeatureStoreError
+from featurestore.online import StoreOptions, open_online_store
 from gateway.admin import Admin
 from gateway.config import Config
 from gateway.dataplane import DataPlane
+from gateway.demo import seed_demo_features
 from gateway.endpoints import JSON, Endpoints
 from gateway.errors import GatewayError, Overloaded, render_error, status_for
+from gateway.features import LiveCatalog
 from gateway.inference import InferenceLayer, InferenceService, InferenceSlot
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.shadow import ShadowQueue
 from gateway.sync import RegistryFollower
-from monitoring.api import MetricsEndpoint
+from monitoring.api import DriftEndpoint, MetricsEndpoint
+from monitoring.collectors import DriftCollector, DriftRegistry
+from monitoring.drift import WindowPolicy
 from monitoring.metrics import GatewayMetrics
+from monitoring.sinks import CountSinkError, open_count_sink
 from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.store import RegistryStore
@@ -68,11 +77,40 @@ def _install_drain_hook(on_drain: Callable[[], None]) -> None:
         signal.signal(sig, handler)
 
 
+async def flush_once(drift: DriftRegistry, metrics: GatewayMetrics) -> None:
+    """Bin and merge every feed's queued rows; closes the windows that are due."""
+    for feed in drift.feeds():
+        started = time.perf_counter()
+        try:
+            await feed.flush(now=time.monotonic(), epoch=time.time())
+            metrics.drift_flushes.labels("ok").inc()
+        except CountSinkError as exc:  # rows are dropped and counted by the feed; serving goes on
+            metrics.drift_flushes.labels("error").inc()
+            log.warning("drift flush for %s failed: %s", feed.key, exc)
+        metrics.drift_flush_seconds.observe(time.perf_counter() - started)
+
+
+async def flush_drift(drift: DriftRegistry, metrics: GatewayMetrics, interval_s: float) -> None:
+    """Off the request path: the request path only queues arrays on the feeds."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await flush_once(drift, metrics)
+        except Exception:  # a bug in one flush must not end drift tracking
+            log.exception("drift flush failed")
+
+
 def create_app(config: Config) -> Starlette:
     endpoints = Endpoints(config)
     slot = InferenceSlot()
     admin = Admin(config)
     metrics = GatewayMetrics()
+    # Opening these does no I/O; the lifespan closes them.
+    online = open_online_store(config.redis_url, StoreOptions(read_timeout_s=config.feature_timeout_ms / 1000))
+    catalog = LiveCatalog()
+    drift = DriftRegistry()
+    metrics.registry.register(DriftCollector(drift))
+    sink = open_count_sink(config.redis_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,25 +118,39 @@ def create_app(config: Config) -> Starlette:
         executor = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="inference")
         pool = ModelPool(ArtifactStore(config.artifacts_dir), config, executor, metrics)
         dataplane = DataPlane(store, pool, metrics)
-        follower = RegistryFollower(store, dataplane, config.poll_interval_s)
+        follower = RegistryFollower(
+            store, dataplane, config.poll_interval_s,
+            drift=drift, sink=sink, window=WindowPolicy(rows=config.drift_window_requests),
+        )
+        catalog.source = lambda: follower.views
         shadows = ShadowQueue(config.shadow_queue_size, config.shadow_workers, timeout=None)
         http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
         endpoints.attach(dataplane, follower)
         mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s)
         slot.serve = InferenceService(
-            dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s
+            dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online
         )
         admin.attach(store, dataplane, follower)
         _install_drain_hook(lambda: setattr(endpoints, "draining", True))
         shadows.start()
+        if config.demo:  # the in-memory store starts empty in every process; Redis rows are just rewritten
+            try:
+                await seed_demo_features(online)
+            except FeatureStoreError as exc:
+                log.warning("demo feature rows not written: %s", exc)
         follow = asyncio.create_task(follower.run(), name="registry-follower")
+        flush = asyncio.create_task(flush_drift(drift, metrics, config.drift_flush_interval_s), name="drift-flush")
         try:
             yield
         finally:
             endpoints.draining = True
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow
+            for task in (follow, flush):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await flush_once(drift, metrics)  # count what was served before the drain
+            await online.close()
+            await sink.close()
             await shadows.close()
             await http.aclose()
             executor.shutdown(wait=True)
@@ -117,6 +169,8 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models/{name}", e.v1_model, methods=["GET"]),
         Route("/health", e.health_details, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(metrics.registry).exposition, methods=["GET"]),
+        Route("/monitoring/drift", DriftEndpoint(drift).drift, methods=["GET"]),
+        *feature_routes(FeatureAPI(online, catalog)),
         Route("/admin/routes", admin.list_routes, methods=["GET"]),
         Route("/admin/routes/{name}", admin.get_route, methods=["GET"]),
         Route("/admin/routes/{name}", admin.put_route, methods=["PUT"]),

@@ -84,6 +84,15 @@ def main() -> None:
               show_default=True, help="Seconds to finish in-flight requests after SIGTERM.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default=DEFAULTS.log_level, show_default=True)
+@click.option("--redis", "redis_url", envvar="GATEWAY_REDIS_URL", default=None, metavar="URL",
+              help="Redis for online features and shared drift windows (default: in-memory, per process).")
+@click.option("--feature-timeout-ms", type=float, default=DEFAULTS.feature_timeout_ms, show_default=True,
+              help="Budget of one online-feature read; past it the route's policy answers 503 or serves defaults.")
+@click.option("--drift-window-requests", type=int, default=DEFAULTS.drift_window_requests, show_default=True,
+              help="Rows per drift window when a route's policy sets none.")
+@click.option("--drift-flush-interval", "drift_flush_interval_s", type=float,
+              default=DEFAULTS.drift_flush_interval_s, show_default=True,
+              help="Seconds between drift count flushes (binning and merging off the request path).")
 @click.option("--admin-token", default=None, metavar="TOKEN",
               help="Bearer token for /admin (required when --host is not a loopback address).")
 @click.option("--shadow-queue-size", type=int, default=DEFAULTS.shadow_queue_size, show_default=True,

@@ -53,6 +53,10 @@ class Config:
     poll_interval_s: float = 0.5  # how often followers check the registry for changes
     graceful_timeout_s: float = 30.0
     log_level: LogLevel = "info"
+    redis_url: str | None = None  # online features and shared drift counts; None: in-memory, per process
+    feature_timeout_ms: float = 50.0  # one online-store read; past it the route's policy decides (503 or defaults)
+    drift_window_requests: int = 1000  # the default drift window when a route's policy sets none
+    drift_flush_interval_s: float = 0.25  # how often queued drift rows are binned and merged
     admin_token: str | None = None  # required for /admin when bound to a non-loopback address
     shadow_queue_size: int = 1024  # shadow copies waiting beyond this are dropped (and counted)
     shadow_workers: int = 2
@@ -72,6 +76,9 @@ class Config:
             ("--max-body-bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("--poll-interval", 0.01 <= self.poll_interval_s <= 3600, "must be between 0.01 and 3600 seconds"),
             ("--graceful-timeout", self.graceful_timeout_s >= 0, "must be >= 0"),
+            ("--feature-timeout-ms", 0 < self.feature_timeout_ms <= 60_000, "must be between 0 and 60000"),
+            ("--drift-window-requests", self.drift_window_requests >= 1, "must be at least 1"),
+            ("--drift-flush-interval", 0.01 <= self.drift_flush_interval_s <= 60, "must be between 0.01 and 60 seconds"),
             ("--shadow-queue-size", self.shadow_queue_size >= 1, "must be at least 1"),
             ("--shadow-workers", self.shadow_workers >= 1, "must be at least 1"),
             ("--shadow-timeout", self.shadow_timeout_s > 0, "must be > 0"),
@@ -86,6 +93,8 @@ class Config:
                 "--admin-token",
                 f"required when binding to {self.host!r}, which is not a loopback address (set GATEWAY_ADMIN_TOKEN)",
             )
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("--redis", f"{self.redis_url!r} is not a Redis URL (redis://host:port/db)")
         if self.registry_url is not None and "://" not in self.registry_url:
             raise ConfigError("--registry", f"{self.registry_url!r} is not a database URL (sqlite:///path or postgresql://...)")
 

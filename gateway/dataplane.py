@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -18,9 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import RouteNotFound, Unavailable, VersionNotFound
+from gateway.features import FeatureBinding
 from gateway.models import LoadedModel, ModelPool
-from gateway.routing import ArmSpec, CompiledRoute, RoutePolicy, compile_route
+from gateway.routing import CompiledRoute, RoutePolicy, compile_route
+from gateway.watch import DriftWatch
 from monitoring.metrics import GatewayMetrics, RequestMetrics
+from registry.entities import ModelVersion
 from registry.errors import ResourceDoesNotExist
 from registry.store import RegistryStore
 
@@ -37,6 +40,8 @@ class Arm:
     raw_headers: tuple[tuple[bytes, bytes], ...]  # x-gateway-model, -model-version, -arm, as ASGI sends them
     v1: RequestMetrics
     v2: RequestMetrics
+    features: FeatureBinding | None = None  # the version declares input features: fetch them per request
+    drift: DriftWatch | None = None  # the version has reference profiles: count served inputs
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -51,9 +56,14 @@ class ShadowTarget:
 Route = CompiledRoute[Arm, ShadowTarget]
 
 
-def make_arm(route: str, label: str, model: LoadedModel, metrics: GatewayMetrics) -> Arm:
+def make_arm(
+    route: str, label: str, model: LoadedModel, metrics: GatewayMetrics,
+    features: FeatureBinding | None = None, drift: DriftWatch | None = None,
+) -> Arm:
     version = model.version_str
     return Arm(
+        features=features,
+        drift=drift,
         model=model,
         label=label,
         raw_headers=(
@@ -66,10 +76,13 @@ def make_arm(route: str, label: str, model: LoadedModel, metrics: GatewayMetrics
     )
 
 
-def default_route(name: str, model: LoadedModel, metrics: GatewayMetrics) -> Route:
+def default_route(
+    name: str, model: LoadedModel, metrics: GatewayMetrics,
+    features: FeatureBinding | None = None, drift: DriftWatch | None = None,
+) -> Route:
     """A route with no stored policy: one arm on the version the registry resolves as serving."""
-    policy = RoutePolicy(model.name, (ArmSpec(DEFAULT_ARM, 1.0),), "random", None, ())
-    return compile_route(name, policy, [make_arm(name, DEFAULT_ARM, model, metrics)], [])
+    policy = RoutePolicy.default(model.name)
+    return compile_route(name, policy, [make_arm(name, DEFAULT_ARM, model, metrics, features, drift)], [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,8 @@ class DataPlane:
         self.pinned: set[tuple[str, int]] = set()  # versions loaded because a caller addressed them directly
         self._direct: dict[tuple[str, int], Arm] = {}
         self.random = random.random  # bound once: the per-request draw for weighted picks
+        # set by the registry follower: the feature binding of a version addressed directly
+        self.bind: Callable[[ModelVersion, LoadedModel], Awaitable[dict[str, Any]]] | None = None
 
     def swap(self, snapshot: RouteSnapshot) -> None:
         self.snapshot = snapshot
@@ -120,29 +135,31 @@ class DataPlane:
         arm = self._direct.get((name, number))
         if arm is not None and self.pool.get(name, number) is arm.model:
             return arm
-        model = self.pool.get(name, number)
-        if model is None:
-            model = await self._load_version(name, number)
-        arm = make_arm(name, DIRECT_ARM, model, self.metrics)
+        mv = await self._model_version(name, number)
+        model = self.pool.get(name, number) or await self._load_version(mv)
+        bindings = await self.bind(mv, model) if self.bind is not None else {}
+        arm = make_arm(name, DIRECT_ARM, model, self.metrics, **bindings)
         self._direct[(name, number)] = arm
         return arm
 
-    async def _load_version(self, name: str, number: int) -> LoadedModel:
+    async def _model_version(self, name: str, number: int) -> ModelVersion:
         try:
-            mv = await asyncio.to_thread(self.store.get_model_version, name, number)
+            return await asyncio.to_thread(self.store.get_model_version, name, number)
         except ResourceDoesNotExist as exc:
             known = any(r.policy.model == name for r in self.snapshot.routes.values()) or name in self.snapshot.unavailable
             if not known:
                 raise RouteNotFound(f"Request for unknown model: '{name}' is not found") from exc
             raise VersionNotFound(f"model '{name}' has no version {number}") from exc
-        failure = self.pool.failures.get((name, number))
+
+    async def _load_version(self, mv: ModelVersion) -> LoadedModel:
+        failure = self.pool.failures.get((mv.name, mv.version))
         if failure is not None:
-            raise Unavailable(f"model '{name}' version {number} failed to load: {failure}")
+            raise Unavailable(f"model '{mv.name}' version {mv.version} failed to load: {failure}")
         try:
             model = await self.pool.load(mv)
         except Exception as exc:
-            raise Unavailable(f"model '{name}' version {number} failed to load: {exc}") from exc
-        self.pinned.add((name, number))
+            raise Unavailable(f"model '{mv.name}' version {mv.version} failed to load: {exc}") from exc
+        self.pinned.add((mv.name, mv.version))
         return model
 
 

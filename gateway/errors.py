@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import orjson
 
+from featurestore import errors as fs
 from registry import errors as reg
 
 
@@ -100,6 +101,16 @@ STATUS_FOR: dict[type[Exception], int] = {
     reg.ResourceAlreadyExists: 400,
     reg.InvalidParameterValue: 400,
     reg.StoreUnavailable: 503,
+    fs.FeatureStoreError: 500,
+    fs.InvalidFeatureView: 422,
+    fs.InvalidFeatureRequest: 400,
+    fs.PlanMismatch: 422,
+    fs.UnknownView: 404,
+    fs.UnknownFeature: 404,
+    fs.UnknownFeatureService: 404,
+    fs.EntityNotFound: 404,
+    fs.OnlineStoreUnavailable: 503,
+    fs.IngestError: 400,
 }
 
 

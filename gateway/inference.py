@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from time import monotonic, perf_counter
 from typing import Any
 
+from featurestore.errors import FeatureStoreError
+from featurestore.online import OnlineStore
 from gateway.dataplane import Arm, DataPlane, Route, sticky_key_of, without_input
 from gateway.errors import (
     GatewayError,
@@ -23,6 +25,7 @@ from gateway.errors import (
     render_error,
     status_for,
 )
+from gateway.features import assemble, instances_from_v1, instances_from_v2
 from gateway.mirror import Mirror
 from gateway.protocol import v1, v2
 from registry.errors import RegistryError
@@ -36,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_HEADER = (b"content-type", b"application/json")
+DEFAULTED_HEADER = b"x-gateway-features-defaulted"  # feature values served from view defaults
 BINARY_HEADER = (b"content-type", b"application/octet-stream")
 V1_PREFIX, V1_SUFFIX = "/v1/models/", ":predict"
 V2_PREFIX, V2_SUFFIX = "/v2/models/", "/infer"
@@ -105,9 +109,10 @@ class InferenceService:
     """Turns one inference request into one response; every error becomes {"error"} with its status."""
 
     def __init__(self, dataplane: DataPlane, mirror: Mirror, is_loaded: Callable[[], bool], max_body_bytes: int,
-                 timeout_s: float) -> None:
+                 timeout_s: float, online: OnlineStore) -> None:
         self.dataplane = dataplane
         self.mirror = mirror
+        self.online = online
         self.is_loaded = is_loaded
         self.max_body = max_body_bytes
         self.timeout_s = timeout_s
@@ -200,27 +205,41 @@ class InferenceService:
 
         arm, route = await self._arm(name, version, key_of, headers.sticky_key)
         model = arm.model
-        if route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
+        defaulted = -1
+        if arm.features is not None:
+            instances = instances_from_v2(request, arm.features.request_fields)
+            inputs, defaulted = await assemble(arm.features, self.online, instances)
+        elif route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
             inputs = without_input(inputs, route.sticky_key)  # an entity field for routing, not a model input
         outputs = await model.infer(inputs, deadline)
+        if arm.drift is not None:
+            arm.drift.observe(inputs, outputs)
         names, binary = v2.select_outputs(request, model.output_names)
         chosen = outputs if len(names) == len(outputs) and not request.outputs else [(n, dict(outputs)[n]) for n in names]
         content, json_length = v2.encode_infer_response(name, model.version_str, request.id, chosen, binary)
         if route is not None and route.shadows:
             self._mirror(route, inputs, outputs)
+        extra = [(DEFAULTED_HEADER, b"%d" % defaulted)] if defaulted >= 0 else []
         if json_length is None:
-            return arm, 200, [JSON_HEADER, *arm.raw_headers], content
-        return arm, 200, [BINARY_HEADER, (b"inference-header-content-length", b"%d" % json_length), *arm.raw_headers], content
+            return arm, 200, [JSON_HEADER, *arm.raw_headers, *extra], content
+        length = (b"inference-header-content-length", b"%d" % json_length)
+        return arm, 200, [BINARY_HEADER, length, *arm.raw_headers, *extra], content
 
     async def _v1(self, name: str, version: str | None, headers: RequestHeaders, body: bytes,
                   deadline: float) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
         arm, route = await self._arm(name, version, None, headers.sticky_key)
-        inputs = v1.decode_predict(body, arm.model.signature.inputs)
+        if arm.features is not None:
+            inputs, defaulted = await assemble(arm.features, self.online, instances_from_v1(body))
+            extra = [(DEFAULTED_HEADER, b"%d" % defaulted)]
+        else:
+            inputs, extra = v1.decode_predict(body, arm.model.signature.inputs), []
         outputs = await arm.model.infer(inputs, deadline)
+        if arm.drift is not None:
+            arm.drift.observe(inputs, outputs)
         content = v1.encode_predict(outputs)
         if route is not None and route.shadows:
             self._mirror(route, inputs, outputs)
-        return arm, 200, [JSON_HEADER, *arm.raw_headers], content
+        return arm, 200, [JSON_HEADER, *arm.raw_headers, *extra], content
 
     def _mirror(self, route: Route, inputs: Mapping[str, Any], outputs: list[tuple[str, Any]]) -> None:
         targets = self.dataplane.shadows_for(route)
@@ -229,7 +248,7 @@ class InferenceService:
 
     def _error(self, name: str, protocol: str, exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         headers = [JSON_HEADER]
-        if isinstance(exc, GatewayError | RegistryError):
+        if isinstance(exc, GatewayError | RegistryError | FeatureStoreError):
             status = status_for(exc)
             message = exc.message
             if isinstance(exc, Overloaded):  # shed load at once; tell clients when to come back

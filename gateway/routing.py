@@ -74,6 +74,11 @@ class RoutePolicy:
     drift: tuple[tuple[str, float], ...] = ()  # {"window_requests": N} or {"window_seconds": T}; () = server default
 
     @classmethod
+    def default(cls, model: str) -> RoutePolicy:
+        """The policy of a route nobody configured: one arm, default feature handling and drift window."""
+        return cls(model, (ArmSpec("default", 1.0),), "random", None, ())
+
+    @classmethod
     def parse(cls, spec: object) -> RoutePolicy:
         """Validate the JSON form structurally (references are not resolved here).
 

@@ -6,17 +6,38 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
+from featurestore.errors import FeatureStoreError
+from featurestore.views import FeatureView, compile_read_plan
 from gateway.dataplane import DataPlane, Route, RouteSnapshot, ShadowTarget, default_route, make_arm
+from gateway.features import FeatureBinding
 from gateway.models import LoadedModel
-from gateway.routing import PolicyError, RoutePolicy, compile_route
+from gateway.protocol.dtypes import numpy_dtype
+from gateway.routing import PolicyError, RoutePolicy, ShadowSpec, compile_route
+from gateway.watch import DriftWatch, watch_for
+from monitoring.collectors import DriftRegistry
+from monitoring.drift import WindowPolicy
+from monitoring.profiles import ProfileSet
+from monitoring.sinks import CountSink, DriftFeed
 from registry.entities import ModelVersion
 from registry.errors import RegistryError, ResourceDoesNotExist
+from registry.serving import ServingMetadata
 from registry.store import RegistryStore
 
 log = logging.getLogger("gateway.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionExtras:
+    """What serving a version needs beyond its ONNX file: declared input features and the reference
+    profiles of its inputs/outputs (as stored JSON), when it has them."""
+
+    features: tuple[str, ...] | None = None
+    profile: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +54,37 @@ class RoutePlan:
 
 def _resolve(store: RegistryStore, model: str, ref: str) -> ModelVersion:
     return store.resolve_version_ref(model, ref)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryPlan:
+    routes: dict[str, RoutePlan]
+    views: dict[str, FeatureView]
+    extras: dict[tuple[str, int], VersionExtras]
+
+
+def plan_registry(store: RegistryStore) -> RegistryPlan:
+    """Blocking: routes, feature views, and the extras of every version a route serves or mirrors."""
+    meta = ServingMetadata(store)
+    routes = plan_routes(store)
+    views: dict[str, FeatureView] = {}
+    for record in meta.list_feature_views():
+        try:
+            views[record.name] = FeatureView.from_dict(record.name, record.spec)
+        except FeatureStoreError as exc:  # validated when stored; a bad row must not stop serving
+            log.error("feature view %s is invalid and is ignored: %s", record.name, exc)
+    versions = {
+        (mv.name, mv.version)
+        for plan in routes.values()
+        for mv in (*plan.arms, *(s for s in plan.shadows if isinstance(s, ModelVersion)))
+    }
+    extras = {
+        (name, version): VersionExtras(
+            meta.get_model_features(name, version), meta.get_reference_profile(name, version)
+        )
+        for name, version in versions
+    }
+    return RegistryPlan(routes, views, extras)
 
 
 def plan_routes(store: RegistryStore) -> dict[str, RoutePlan]:
@@ -73,10 +125,22 @@ def plan_routes(store: RegistryStore) -> dict[str, RoutePlan]:
 class RegistryFollower:
     """Keeps a DataPlane's snapshot in step with the registry. `ready` is set after the first sync."""
 
-    def __init__(self, store: RegistryStore, dataplane: DataPlane, poll_interval_s: float) -> None:
+    def __init__(
+        self, store: RegistryStore, dataplane: DataPlane, poll_interval_s: float, *,
+        drift: DriftRegistry | None = None, sink: CountSink | None = None, window: WindowPolicy | None = None,
+    ) -> None:
         self._store = store
         self._dataplane = dataplane
         self._interval = poll_interval_s
+        self._drift = drift
+        self._sink = sink
+        self._window = window or WindowPolicy(rows=1000)
+        self._feeds: dict[tuple[str, int, str, WindowPolicy], DriftFeed] = {}
+        self._extras: dict[tuple[str, int], VersionExtras] = {}
+        self._views: dict[str, FeatureView] = {}
+        self.views: Mapping[str, FeatureView] = MappingProxyType({})  # swapped whole, for the Feast API
+        self._used_feeds: dict[tuple[str, int, str, WindowPolicy], DriftFeed] = {}
+        dataplane.bind = self.direct_bindings
         self._counter: int | None = None
         self._lock = asyncio.Lock()  # the poller and admin writes may both ask for a sync
         self.ready = asyncio.Event()
@@ -86,7 +150,9 @@ class RegistryFollower:
         """Read the counter first, so a change made during this sync triggers the next one."""
         async with self._lock:
             counter = await asyncio.to_thread(self._store.change_counter)
-            plans = await asyncio.to_thread(plan_routes, self._store)
+            registry = await asyncio.to_thread(plan_registry, self._store)
+            plans, self._extras, self._views = registry.routes, registry.extras, registry.views
+            self._used_feeds = {}
             current = self._dataplane.snapshot.routes
             routes: dict[str, Route] = {}
             unavailable: dict[str, str] = {}
@@ -104,6 +170,15 @@ class RegistryFollower:
                     log.error("route %s is unavailable: %s", name, reason)
                     unavailable[name] = reason
             self._dataplane.swap(RouteSnapshot(MappingProxyType(routes), MappingProxyType(unavailable)))
+            self.views = MappingProxyType(dict(self._views))
+            if self._drift is not None:
+                for route in routes.values():  # routes kept from before keep their feeds too
+                    for arm in route.arms:
+                        if arm.drift is not None:
+                            feed = arm.drift.feed
+                            self._used_feeds[(route.name, arm.model.version, feed.tracker.fingerprint, feed.tracker.policy)] = feed
+                self._feeds = self._used_feeds
+                self._drift.swap(self._feeds.values())
             self._unload_unused(routes)
             self._counter = counter
             self._dataplane.metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
@@ -127,26 +202,74 @@ class RegistryFollower:
             raise RuntimeError(plan.error)
         metrics = self._dataplane.metrics
         if plan.policy is None:
-            return default_route(plan.name, await self._load(plan.arms[0]), metrics)
+            mv = plan.arms[0]
+            model = await self._load(mv)
+            return default_route(plan.name, model, metrics, **self._bindings(plan.name, mv, model, RoutePolicy.default(mv.name)))
         policy = plan.policy
-        arms = [
-            make_arm(plan.name, spec.version, await self._load(mv), metrics)
-            for spec, mv in zip(policy.arms, plan.arms, strict=True)
-        ]
-        kept_specs, targets = [], []
-        for spec, resolved in zip(policy.shadows, plan.shadows, strict=True):
-            label = spec.version or spec.url or "?"
+        arms = []
+        for spec, mv in zip(policy.arms, plan.arms, strict=True):
+            model = await self._load(mv)
+            arms.append(make_arm(plan.name, spec.version, model, metrics, **self._bindings(plan.name, mv, model, policy)))
+        kept_specs: list[ShadowSpec] = []
+        targets: list[ShadowTarget] = []
+        for shadow, resolved in zip(policy.shadows, plan.shadows, strict=True):
+            label = shadow.version or shadow.url or "?"
             try:
                 if isinstance(resolved, str):
                     raise RuntimeError(resolved)
-                model = await self._load(resolved) if resolved is not None else None
+                target = await self._load(resolved) if resolved is not None else None
             except Exception as exc:  # a broken shadow never takes the primary down
                 log.error("route %s: shadow %s dropped: %s", plan.name, label, exc)
                 continue
-            kept_specs.append(spec)
-            targets.append(ShadowTarget(label=label, model=model, url=spec.url))
+            kept_specs.append(shadow)
+            targets.append(ShadowTarget(label=label, model=target, url=shadow.url))
         policy = dataclasses.replace(policy, shadows=tuple(kept_specs))
         return compile_route(plan.name, policy, arms, targets)
+
+    async def direct_bindings(self, mv: ModelVersion, model: LoadedModel) -> dict[str, Any]:
+        """Bindings for /versions/{v} requests: declared features with the default policy; no drift
+        (windows describe routes)."""
+        key = (mv.name, mv.version)
+        if key not in self._extras:
+            features = await asyncio.to_thread(ServingMetadata(self._store).get_model_features, mv.name, mv.version)
+            self._extras[key] = VersionExtras(features, None)
+        return self._bindings(mv.name, mv, model, RoutePolicy.default(mv.name), watch=False)
+
+    def _bindings(
+        self, route: str, mv: ModelVersion, model: LoadedModel, policy: RoutePolicy, *, watch: bool = True
+    ) -> dict[str, Any]:
+        """The feature binding and drift watch of one arm. Raises when declared features cannot be
+        served (the route then keeps its previous table); a profile that does not fit only logs."""
+        extras = self._extras.get((mv.name, mv.version), VersionExtras())
+        features = None
+        if extras.features is not None:
+            if len(model.signature.inputs) != 1:
+                raise RuntimeError(f"version {mv.version} declares features but has {len(model.signature.inputs)} inputs")
+            spec = model.signature.inputs[0]
+            plan = compile_read_plan(list(extras.features), self._views, dtype=numpy_dtype(spec.datatype))
+            features = FeatureBinding(plan, spec.name, policy.features)
+        drift = None
+        if watch and extras.profile is not None and self._drift is not None and self._sink is not None:
+            try:
+                drift = self._watch(route, mv, model, policy, extras.profile, features)
+            except (ValueError, KeyError) as exc:
+                log.error("route %s version %d: drift not watched: %s", route, mv.version, exc)
+        return {"features": features, "drift": drift}
+
+    def _watch(self, route: str, mv: ModelVersion, model: LoadedModel, policy: RoutePolicy,
+               profile: dict[str, Any], features: FeatureBinding | None) -> DriftWatch:
+        profiles = ProfileSet.from_dict(profile)
+        window = WindowPolicy.parse(dict(policy.drift), default=self._window)
+        tracker = profiles.tracker(window, route=route, model=mv.name, version=str(mv.version))
+        key = (route, mv.version, tracker.fingerprint, window)
+        feed = self._used_feeds.get(key) or self._feeds.get(key)
+        if feed is None:
+            assert self._sink is not None
+            feed = DriftFeed(tracker, self._sink)
+        self._used_feeds[key] = feed
+        names = [name for name, _ in profiles.features]
+        widths = {features.input_name: features.plan.width} if features is not None else None
+        return watch_for(feed, model.signature, names, [name for name, _ in profiles.outputs], widths)
 
     def _unload_unused(self, routes: dict[str, Route]) -> None:
         keep = set(self._dataplane.pinned)

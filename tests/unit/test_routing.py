@@ -6,7 +6,7 @@ import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -455,7 +455,7 @@ class TestSampledShadows:
 
 
 class TestFeatureAndDriftPolicy:
-    BASE = {"model": "m", "arms": [{"version": "1", "weight": 1}]}
+    BASE: ClassVar[dict[str, object]] = {"model": "m", "arms": [{"version": "1", "weight": 1}]}
 
     def test_defaults_serve_missing_entities_and_fail_on_store_errors(self) -> None:
         """Without a features block: missing entities get defaults, a store outage is a 503."""
