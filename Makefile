@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+## Benchmark the gateway against an empty Starlette endpoint and a textbook FastAPI server (needs wrk; < 10 min)
+bench: $(VENV)/.installed
+	$(BIN)/python -m loadtests.bench
+
+## Smoke run of the benchmark (< 60 s); writes loadtests/results/bench-quick.md
+bench-quick: $(VENV)/.installed
+	$(BIN)/python -m loadtests.bench --quick
+
 clean:
-	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache loadtests/bench/.venv

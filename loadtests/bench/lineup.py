@@ -1,0 +1,160 @@
+"""What is compared: the ONNX models (gateway.demo builders), the three servers with their command lines,
+and the variants (endpoint + body + connections) that each round measures, in round order."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from loadtests.bench import targets as t
+from loadtests.bench.payloads import Payload, rows, v1_predict, v2_binary, v2_json
+from loadtests.bench.processes import Server, ServerError, free_port, http, start_server, wait_ready
+from loadtests.bench.report import Variant
+
+SMALL, HEAVY = "small", "heavy"
+PREDICT = f"/v1/models/{SMALL}:predict"
+CANARY = {"model": SMALL, "arms": [{"version": "1", "weight": 90}, {"version": "2", "weight": 10}]}
+READY_TIMEOUT_S = 90.0
+ROOT = Path(__file__).resolve().parents[2]  # the repository: servers run from here so `-m loadtests...` imports
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    small_v1: Path
+    small_v2: Path
+    heavy: Path
+
+
+def build_models(directory: Path) -> Models:
+    """Small MLP 32->64->1 (seeds 1 and 2: the canary's two versions) and heavy 32->1024->1024->1 (seed 3)."""
+    from gateway.demo import build_mlp
+
+    models = Models(directory / "small-v1.onnx", directory / "small-v2.onnx", directory / "heavy.onnx")
+    models.small_v1.write_bytes(build_mlp(1, features=32, hidden=(64,)))
+    models.small_v2.write_bytes(build_mlp(2, features=32, hidden=(64,)))
+    models.heavy.write_bytes(build_mlp(3, features=32, hidden=(1024, 1024)))
+    return models
+
+
+def register(data_dir: Path, models: Models) -> None:
+    """The gateway's registry in `data_dir`: small v1 and v2, heavy v1 (what `gateway models register` does)."""
+    from gateway.config import Config
+    from registry.artifacts import ArtifactStore
+    from registry.registration import register_model_file
+    from registry.store import RegistryStore
+
+    config = Config(data_dir=data_dir)
+    store = RegistryStore(config.database_url)
+    try:
+        artifacts = ArtifactStore(config.artifacts_dir)
+        for name, path in ((SMALL, models.small_v1), (SMALL, models.small_v2), (HEAVY, models.heavy)):
+            register_model_file(store, artifacts, name, path.read_bytes(), description="benchmark model")
+    finally:
+        store.close()
+
+
+def gateway_flags(max_batch_delay_ms: float) -> list[str]:
+    """ONNX threads set explicitly: one intra-op thread per run, one executor thread, one worker."""
+    return ["--workers", "1", "--intra-op-threads", "1", "--inference-threads", "1",
+            "--max-batch-delay-ms", f"{max_batch_delay_ms:g}", "--log-level", "warning"]
+
+
+def commands(bench_python: Path, models: Models, data_dir: Path, max_batch_delay_ms: float) -> dict[str, list[str]]:
+    """Each server's argv without its port (added at start)."""
+    return {
+        t.FLOOR: [sys.executable, "-m", "loadtests.bench.servers.floor", "--path", PREDICT],
+        t.CEILING: [sys.executable, "-m", "loadtests.bench.servers.ceiling", "--path", PREDICT],
+        t.TEXTBOOK: [str(bench_python), "-m", "loadtests.bench.servers.textbook", "--path", PREDICT,
+                     "--model", str(models.small_v1)],
+        "gateway": [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--data-dir", str(data_dir),
+                    *gateway_flags(max_batch_delay_ms)],
+    }
+
+
+def variants(connections: int) -> list[tuple[Variant, Payload]]:
+    """The round order. Bodies: one row for /v1 (the same bytes for all three servers), 64 rows for v2."""
+    one, many = rows(1), rows(64)
+    v1 = v1_predict(one)
+    return [
+        (Variant(t.FLOOR, "raw ASGI no-op on uvicorn (reference floor)", t.FLOOR, PREDICT, "v1, 1 row", connections),
+         v1),
+        (Variant(t.CEILING, "empty Starlette (framework ceiling)", t.CEILING, PREDICT, "v1, 1 row", connections), v1),
+        (Variant(t.TEXTBOOK, "textbook FastAPI + pydantic, small MLP", t.TEXTBOOK, PREDICT, "v1, 1 row",
+                 connections), v1),
+        (Variant(t.GW_V1, "gateway /v1 predict, small, 90/10 canary", "gateway", PREDICT, "v1, 1 row",
+                 connections, SMALL), v1),
+        (Variant(t.GW_V2_JSON, "gateway /v2 infer JSON, small, 90/10 canary", "gateway",
+                 f"/v2/models/{SMALL}/infer", "v2 JSON, 64 rows", connections, SMALL), v2_json(many)),
+        (Variant(t.GW_V2_BINARY, "gateway /v2 infer binary, small, 90/10 canary", "gateway",
+                 f"/v2/models/{SMALL}/infer", "v2 binary, 64 rows", connections, SMALL), v2_binary(many)),
+        (Variant(t.GW_HEAVY, "gateway /v1 predict, heavy, dynamic batching", "gateway",
+                 f"/v1/models/{HEAVY}:predict", "v1, 1 row", connections, HEAVY), v1),
+        (Variant(t.GW_HEAVY_1, "gateway /v1 predict, heavy, 1 connection", "gateway",
+                 f"/v1/models/{HEAVY}:predict", "v1, 1 row", 1, HEAVY), v1),
+        # GW_V1_DRIFT goes here once drift tracking exists (see targets.py).
+    ]
+
+
+def start_all(cmds: dict[str, list[str]], cpu: int, log_dir: Path, say: Callable[[str], None]) -> dict[str, Server]:
+    """Start every server pinned to `cpu`, then wait for each to be ready. Stops them all on failure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}  # the flags alone configure it
+    health = {t.FLOOR: "/", t.CEILING: "/health", t.TEXTBOOK: "/health", "gateway": "/v2/health/ready"}
+    servers: dict[str, Server] = {}
+    try:
+        for name, argv in cmds.items():
+            port = free_port()
+            servers[name] = start_server(name, [*argv, "--port", str(port)], cpu=cpu, port=port,
+                                         log=log_dir / f"{name}.log", env=env, cwd=ROOT)
+        for name, server in servers.items():
+            wait_ready(server, health[name], READY_TIMEOUT_S)
+            say(f"  {name} ready on {server.base_url} (pid {server.pid})")
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def set_canary(gateway: Server) -> None:
+    status, _, body = http("PUT", f"{gateway.base_url}/admin/routes/{SMALL}", orjson.dumps(CANARY),
+                           {"Content-Type": "application/json"})
+    if status != 200:
+        raise ServerError(f"PUT /admin/routes/{SMALL} answered {status}: {body[:300]!r}")
+
+
+def verify(variant: Variant, payload: Payload, server: Server) -> None:
+    """One request must succeed before wrk sends thousands; the canary must serve both arms."""
+    tries = 200 if variant.key == t.GW_V1 else 1
+    arms = set()
+    for _ in range(tries):
+        status, headers, body = http("POST", server.base_url + variant.path, payload.body, payload.headers)
+        if status != 200:
+            raise ServerError(f"{variant.key}: POST {variant.path} answered {status}: {body[:300]!r}")
+        arms.add(headers.get("x-gateway-arm"))
+    if variant.key == t.GW_V1 and arms != {"1", "2"}:
+        raise ServerError(f"{variant.key}: the 90/10 canary served arms {sorted(map(str, arms))} in {tries} requests")
+
+
+def batch_totals(gateway: Server, model: str) -> tuple[float, float] | None:
+    """(rows, runs) so far for `model`, all versions, from the gateway's gateway_batch_size_rows histogram;
+    None when /metrics does not have it."""
+    status, _, body = http("GET", gateway.base_url + "/metrics")
+    if status != 200:
+        return None
+    rows = runs = 0.0
+    found = False
+    label = f'model="{model}"'
+    for line in body.decode("utf-8", "replace").splitlines():
+        if label not in line:
+            continue
+        if line.startswith("gateway_batch_size_rows_sum{"):
+            rows += float(line.rsplit(" ", 1)[1])
+            found = True
+        elif line.startswith("gateway_batch_size_rows_count{"):
+            runs += float(line.rsplit(" ", 1)[1])
+    return (rows, runs) if found else None
