@@ -12,12 +12,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from featurestore.views import FeatureView
 from gateway.config import Config
 from gateway.dataplane import DataPlane, Route
 from gateway.errors import Forbidden, InvalidInput, InvalidPolicy, RouteNotFound, Unauthorized
 from gateway.routing import PolicyError, RoutePolicy, check_shadows_distinct
 from gateway.sync import RegistryFollower
 from registry.errors import RegistryError, ResourceDoesNotExist
+from registry.lineage import lineage
+from registry.serving import ServingMetadata
 from registry.store import RegistryStore
 
 JSON = "application/json"
@@ -162,6 +165,36 @@ class Admin:
         await self.follower.sync_once()
         return _json({"name": name, "deleted": True})
 
+    async def lineage(self, request: Request) -> Response:
+        """A served version -> its training run -> the datasets it was trained on."""
+        self._authorize(request)
+        version = request.path_params["version"]
+        if not version.isdigit():
+            raise InvalidInput(f"version: expected a positive integer, got {version!r}")
+        chain = await asyncio.to_thread(lineage, self.store, request.path_params["model"], int(version))
+        return _json(chain)
+
+    async def list_feature_views(self, request: Request) -> Response:
+        self._authorize(request)
+        records = await asyncio.to_thread(ServingMetadata(self.store).list_feature_views)
+        return _json({"views": [r.to_dict() for r in records]})
+
+    async def put_feature_view(self, request: Request) -> Response:
+        """Validate with the feature store's own rules, store it (audited by actor), resync now."""
+        actor = self._authorize(request)
+        name = request.path_params["name"]
+        body = await request.body()
+        if len(body) > MAX_POLICY_BYTES:
+            raise InvalidInput(f"feature view body exceeds {MAX_POLICY_BYTES} bytes")
+        try:
+            spec = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"feature view body is not valid JSON: {exc}") from exc
+        view = FeatureView.from_dict(name, spec)  # InvalidFeatureView -> 422
+        record = await asyncio.to_thread(ServingMetadata(self.store).put_feature_view, name, view.to_dict(), actor)
+        await self.follower.sync_once()
+        return _json(record.to_dict())
+
     async def audit(self, request: Request) -> Response:
         self._authorize(request)
         route = request.query_params.get("route")
@@ -170,3 +203,35 @@ class Admin:
             raise InvalidInput(f"limit: expected a positive integer, got {limit_text!r}")
         entries = await asyncio.to_thread(self.store.list_audit, route, int(limit_text))
         return _json({"entries": [e.to_dict() for e in entries]})
+
+
+class WriteGuard:
+    """ASGI middleware: with a token configured, MLflow-API writes (anything but GET/HEAD under
+    /api/2.0/) need `Authorization: Bearer <token>`; the mlflow client sends it from MLFLOW_TRACKING_TOKEN.
+    Answers in MLflow's error shape so the client raises its usual RestException."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            self.token is not None and scope["type"] == "http" and scope["method"] not in ("GET", "HEAD")
+            and scope["path"].startswith("/api/2.0/")
+        ):
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            scheme, _, value = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not value:
+                await _deny(send, 401, "UNAUTHENTICATED", "send 'Authorization: Bearer <token>' (MLFLOW_TRACKING_TOKEN)")
+                return
+            if not hmac.compare_digest(value.strip(), self.token):
+                await _deny(send, 403, "PERMISSION_DENIED", "the bearer token is not valid")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _deny(send: Any, status: int, code: str, message: str) -> None:
+    body = orjson.dumps({"error_code": code, "message": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -12,11 +12,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,14 +24,14 @@ from starlette.routing import Route
 from featurestore.api import FeatureAPI, feature_routes
 from featurestore.errors import FeatureStoreError
 from featurestore.online import StoreOptions, open_online_store
-from gateway.admin import Admin
+from gateway.admin import Admin, WriteGuard
 from gateway.config import Config
 from gateway.dataplane import DataPlane
 from gateway.demo import seed_demo_features
 from gateway.endpoints import JSON, Endpoints
 from gateway.errors import GatewayError, Overloaded, render_error, status_for
 from gateway.features import LiveCatalog
-from gateway.inference import InferenceLayer, InferenceService, InferenceSlot
+from gateway.inference import InferenceLayer, InferenceService, InferenceSlot, Receive, Scope, Send
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.shadow import ShadowQueue
@@ -41,6 +41,7 @@ from monitoring.collectors import DriftCollector, DriftRegistry
 from monitoring.drift import WindowPolicy
 from monitoring.metrics import GatewayMetrics
 from monitoring.sinks import CountSinkError, open_count_sink
+from registry.api import create_mlflow_routes
 from registry.artifacts import ArtifactStore
 from registry.errors import RegistryError
 from registry.store import RegistryStore
@@ -52,7 +53,7 @@ async def _error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Overloaded):  # shed load at once; tell well-behaved clients when to come back
         headers = {"retry-after": str(exc.retry_after_s)}
         return Response(render_error(exc.message), status_code=503, media_type=JSON, headers=headers)
-    if isinstance(exc, GatewayError | RegistryError):
+    if isinstance(exc, GatewayError | RegistryError | FeatureStoreError):
         return Response(render_error(exc.message), status_code=status_for(exc), media_type=JSON)
     if isinstance(exc, HTTPException):  # unknown path, wrong method: still the protocol's shape
         return Response(render_error(str(exc.detail)), status_code=exc.status_code, media_type=JSON)
@@ -116,7 +117,8 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(RegistryStore, config.database_url)
         executor = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="inference")
-        pool = ModelPool(ArtifactStore(config.artifacts_dir), config, executor, metrics)
+        artifacts = ArtifactStore(config.artifacts_dir)
+        pool = ModelPool(artifacts, config, executor, metrics)
         dataplane = DataPlane(store, pool, metrics)
         follower = RegistryFollower(
             store, dataplane, config.poll_interval_s,
@@ -131,6 +133,8 @@ def create_app(config: Config) -> Starlette:
             dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online
         )
         admin.attach(store, dataplane, follower)
+        # The MLflow-compatible API needs the open store; the router reads its route list per request.
+        app.router.routes.extend(create_mlflow_routes(store, artifacts))
         _install_drain_hook(lambda: setattr(endpoints, "draining", True))
         shadows.start()
         if config.demo:  # the in-memory store starts empty in every process; Redis rows are just rewritten
@@ -176,13 +180,31 @@ def create_app(config: Config) -> Starlette:
         Route("/admin/routes/{name}", admin.put_route, methods=["PUT"]),
         Route("/admin/routes/{name}", admin.delete_route, methods=["DELETE"]),
         Route("/admin/audit", admin.audit, methods=["GET"]),
+        Route("/admin/lineage/{model}/{version}", admin.lineage, methods=["GET"]),
+        Route("/admin/features/views", admin.list_feature_views, methods=["GET"]),
+        Route("/admin/features/views/{name}", admin.put_feature_view, methods=["PUT"]),
     ]
-    return Starlette(
+    return GatewayApp(
+        slot,
+        config.admin_token,
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={GatewayError: _error, RegistryError: _error, HTTPException: _error, Exception: _error},
-        middleware=[Middleware(InferenceLayer, slot=slot)],
+        exception_handlers={
+            GatewayError: _error, RegistryError: _error, FeatureStoreError: _error, HTTPException: _error, Exception: _error,
+        },
     )
+
+
+class GatewayApp(Starlette):
+    """Starlette, with inference paths answered before its middleware stack: the hot path pays for
+    no error middleware, router or Request object (gateway/inference.py renders its own errors)."""
+
+    def __init__(self, slot: InferenceSlot, admin_token: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inference = InferenceLayer(WriteGuard(super().__call__, admin_token), slot=slot)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.inference(scope, receive, send)
 
 
 def create_app_from_env() -> Starlette:

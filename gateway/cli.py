@@ -120,6 +120,30 @@ def serve(**values: Any) -> None:
 
 
 @main.group()
+def registry() -> None:
+    """The MLflow-compatible tracking and model-registry API on its own (no serving)."""
+
+
+@registry.command("serve", context_settings={"auto_envvar_prefix": "GATEWAY_REGISTRY"})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=5000, show_default=True, help="Port to bind.")
+@click.option("--admin-token", envvar="GATEWAY_ADMIN_TOKEN", default=None, metavar="TOKEN",
+              help="Bearer token required for writes (required when --host is not a loopback address).")
+@registry_options
+def registry_serve(host: str, port: int, admin_token: str | None, data_dir: Path, registry_url: str | None) -> None:
+    """Serve /api/2.0/mlflow and /api/2.0/mlflow-artifacts (mlflow.set_tracking_uri("http://HOST:PORT"))."""
+    import uvicorn
+
+    from gateway.admin import WriteGuard
+    from registry.api import create_registry_app
+
+    config = _config(data_dir=data_dir, registry_url=registry_url, host=host, port=port, admin_token=admin_token)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = WriteGuard(create_registry_app(config.database_url, config.artifacts_dir), config.admin_token)
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, server_header=False)
+
+
+@main.group()
 def models() -> None:
     """Register, list and promote model versions."""
 
