@@ -34,6 +34,7 @@ from gateway.features import LiveCatalog
 from gateway.inference import InferenceLayer, InferenceService, InferenceSlot, Receive, Scope, Send
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
+from gateway.openapi import openapi_json
 from gateway.shadow import ShadowQueue
 from gateway.sync import RegistryFollower
 from monitoring.api import DriftEndpoint, MetricsEndpoint
@@ -172,6 +173,7 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models", e.v1_models, methods=["GET"]),
         Route("/v1/models/{name}", e.v1_model, methods=["GET"]),
         Route("/health", e.health_details, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(metrics.registry).exposition, methods=["GET"]),
         Route("/monitoring/drift", DriftEndpoint(drift).drift, methods=["GET"]),
         *feature_routes(FeatureAPI(online, catalog)),
