@@ -136,7 +136,11 @@ def create_app(config: Config) -> Starlette:
         admin.attach(store, dataplane, follower)
         # The MLflow-compatible API needs the open store; the router reads its route list per request.
         app.router.routes.extend(create_mlflow_routes(store, artifacts))
-        _install_drain_hook(lambda: setattr(endpoints, "draining", True))
+        def start_draining() -> None:
+            endpoints.draining = True
+            log.info("draining: /v2/health/ready now answers 503; finishing in-flight requests")
+
+        _install_drain_hook(start_draining)
         shadows.start()
         if config.demo:  # the in-memory store starts empty in every process; Redis rows are just rewritten
             try:

@@ -44,4 +44,6 @@ def test_sigterm_under_load_drains_and_exits_zero(tmp_path: Path) -> None:
     assert len(before) > 50
     assert set(before) == {200}, [r for r in before if r != 200][:5]
     assert code == 0
-    assert "Finished server process" in gw.output()
+    log = gw.output()
+    assert "draining: /v2/health/ready now answers 503" in log, "readiness turns false as the signal arrives"
+    assert log.index("draining:") < log.index("Finished server process")
