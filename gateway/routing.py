@@ -71,7 +71,7 @@ class RoutePolicy:
     sticky_key: str | None
     shadows: tuple[ShadowSpec, ...]
     features: FeaturePolicy = FeaturePolicy()
-    drift: tuple[tuple[str, float], ...] = ()  # {"window_requests": N} or {"window_seconds": T}; () = server default
+    drift: tuple[tuple[str, int | float], ...] = ()  # {"window_requests": N} or {"window_seconds": T}; () = server default
 
     @classmethod
     def default(cls, model: str) -> RoutePolicy:
@@ -140,7 +140,7 @@ def _parse_features(value: object) -> FeaturePolicy:
     return FeaturePolicy(missing, on_error)
 
 
-def _parse_drift(value: object) -> tuple[tuple[str, float], ...]:
+def _parse_drift(value: object) -> tuple[tuple[str, int | float], ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
@@ -153,7 +153,7 @@ def _parse_drift(value: object) -> tuple[tuple[str, float], ...]:
     if n is None or n <= 0 or (key == "window_requests" and n != int(n)):
         kind = "a positive integer" if key == "window_requests" else "a positive number of seconds"
         raise PolicyError(f"drift.{key}: must be {kind}")
-    return ((str(key), float(n)),)
+    return ((str(key), int(n) if key == "window_requests" else float(n)),)
 
 
 def _refuse_unknown(where: str, spec: Mapping[object, object], known: tuple[str, ...]) -> None:
@@ -181,7 +181,7 @@ def _number(value: object) -> float | None:
 
 
 def _json_number(value: float) -> int | float:
-    return int(value) if value.is_integer() else value
+    return int(value) if float(value).is_integer() else value
 
 
 def _parse_arms(value: object) -> tuple[ArmSpec, ...]:

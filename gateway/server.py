@@ -1,16 +1,30 @@
-"""uvicorn wiring: uvloop + httptools, graceful drain, one process or N workers; used by `serve` and tests."""
+"""uvicorn wiring: uvloop + httptools, graceful drain, one process or N workers; used by `serve` and tests.
+
+With N > 1 workers, metrics use prometheus-client's multiprocess mode: the parent points
+PROMETHEUS_MULTIPROC_DIR at a fresh private directory before spawning the workers (each worker's
+metric values live in mmap files there), removes it on exit, and marks every worker dead as it
+goes; GET /metrics in any worker then merges all the files (monitoring/api.py).
+"""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from gateway.config import CONFIG_ENV, Config
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
+
+log = logging.getLogger("gateway")
 
 
 def uvicorn_config(config: Config, app: Starlette | str) -> uvicorn.Config:
@@ -39,9 +53,48 @@ def serve(config: Config) -> None:
         uvicorn.Server(uvicorn_config(config, create_app(config))).run()
         return
     os.environ[CONFIG_ENV] = config.to_json()
-    uvicorn_cfg = uvicorn_config(config, "gateway.app:create_app_from_env")
-    sock = uvicorn_cfg.bind_socket()
-    Multiprocess(uvicorn_cfg, sockets=[sock]).run()
+    if config.redis_url is None:
+        log.warning("%d workers without --redis: each worker's drift windows see only its share of the traffic", config.workers)
+    # Fresh for every start: files left by an earlier run would add their counts to ours.
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn_cfg = uvicorn_config(config, "gateway.server:create_worker_app")
+        sock = uvicorn_cfg.bind_socket()
+        WorkerSupervisor(uvicorn_cfg, sockets=[sock]).run()
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def create_worker_app() -> Starlette:
+    """Factory run in each worker process: the app from GATEWAY_CONFIG_JSON, and, in multiprocess
+    metrics mode, this process's live gauges dropped from the merged view when it exits."""
+    from gateway.app import create_app_from_env
+
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        atexit.register(mark_process_dead, os.getpid(), path)  # spawned workers exit through sys.exit: atexit runs
+    return create_app_from_env()
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor, which also marks a worker dead for the metrics when it replaces it (a
+    worker killed by a signal never runs its own atexit hook)."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = {p.pid for p in self.processes}
+        super().keep_subprocess_alive()
+        gone = before - {p.pid for p in self.processes}
+        path = os.environ.get(MULTIPROC_ENV)
+        if gone and path:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            for pid in gone:
+                if pid is not None:
+                    mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def _exit_zero_after_drain() -> None:

@@ -1,18 +1,49 @@
-"""GET /metrics (the Prometheus exposition of the app's own registry) and GET /monitoring/drift (JSON)."""
+"""GET /metrics (the Prometheus exposition of the app's own registry, merged across worker processes
+in multiprocess mode) and GET /monitoring/drift (JSON)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 
 from monitoring.collectors import DriftRegistry, drift_report
 
 
+class ProcessLocalCollector:
+    """The app registry's families that the multiprocess files do not hold: what custom collectors
+    (the DriftCollector) compute in this process. Families from Counter/Gauge/Histogram objects are
+    left out, because the MultiProcessCollector already reports them summed over all workers."""
+
+    def __init__(self, app_registry: CollectorRegistry, merged: MultiProcessCollector) -> None:
+        self.app_registry = app_registry
+        self.merged = merged
+
+    def collect(self) -> Iterable[Metric]:
+        # A metric object writes every child it creates into this process's file, so a family with
+        # samples here and no entry in the files cannot come from one; empty families carry nothing.
+        shared = {family.name for family in self.merged.collect()}  # type: ignore[no-untyped-call]
+        return [f for f in self.app_registry.collect() if f.samples and f.name not in shared]
+
+
 class MetricsEndpoint:
+    """GET /metrics. With PROMETHEUS_MULTIPROC_DIR set (`serve --workers N`), counters and histograms
+    are summed over every worker's files (gauges by their `multiprocess_mode`); the drift gauges
+    are this worker's view, which is every worker's view when windows are merged in Redis."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if path:
+            self.registry = CollectorRegistry(auto_describe=False)
+            merged = MultiProcessCollector(self.registry, path)  # type: ignore[no-untyped-call]
+            self.registry.register(ProcessLocalCollector(registry, merged))
 
     async def exposition(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -83,7 +83,10 @@ class WindowPolicy:
         unknown = set(spec) - {"window_requests", "window_seconds"}
         if unknown:
             raise ValueError(f"drift: unknown key(s) {sorted(unknown)}; expected window_requests, window_seconds")
-        return cls(spec.get("window_requests"), spec.get("window_seconds"))
+        rows = spec.get("window_requests")
+        if isinstance(rows, float) and rows.is_integer():  # JSON numbers may arrive as floats (500.0)
+            rows = int(rows)
+        return cls(rows, spec.get("window_seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"window_requests": self.rows, "window_seconds": self.seconds}

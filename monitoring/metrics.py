@@ -77,7 +77,11 @@ class GatewayMetrics:
             "gateway_model_loads", "Model version loads, by outcome (ok or failed).",
             ["model", "version", "outcome"], registry=r,
         )
-        self.models_loaded = Gauge("gateway_models_loaded", "Model versions loaded in this process.", registry=r)
+        # Every worker loads the same routes: the merged view (serve --workers N) shows the largest live count.
+        self.models_loaded = Gauge(
+            "gateway_models_loaded", "Model versions loaded per process (the largest over live workers).",
+            registry=r, multiprocess_mode="livemax",
+        )
         self.registry_syncs = Counter(
             "gateway_registry_syncs", "Route/model syncs from the registry, by outcome (ok or error).",
             ["outcome"], registry=r,

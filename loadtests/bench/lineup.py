@@ -17,6 +17,7 @@ from loadtests.bench.processes import Server, ServerError, free_port, http, star
 from loadtests.bench.report import Variant
 
 SMALL, HEAVY = "small", "heavy"
+DRIFT_SERVER = "gateway-drift"  # a second gateway whose registry holds reference profiles: drift on 32 features
 PREDICT = f"/v1/models/{SMALL}:predict"
 CANARY = {"model": SMALL, "arms": [{"version": "1", "weight": 90}, {"version": "2", "weight": 10}]}
 READY_TIMEOUT_S = 90.0
@@ -41,19 +42,40 @@ def build_models(directory: Path) -> Models:
     return models
 
 
+def drift_data_dir(data_dir: Path) -> Path:
+    """The drift gateway's registry, beside the plain one's."""
+    return data_dir.with_name(data_dir.name + "-drift")
+
+
 def register(data_dir: Path, models: Models) -> None:
-    """The gateway's registry in `data_dir`: small v1 and v2, heavy v1 (what `gateway models register` does)."""
+    """The gateway's registry in `data_dir`: small v1 and v2, heavy v1 (what `gateway models register` does);
+    and the same in `drift_data_dir(data_dir)`, with a reference profile of 32 standard-normal features (and
+    the output) for each small version, so that gateway tracks drift on the small route."""
+    _register(data_dir, models, profiles=False)
+    _register(drift_data_dir(data_dir), models, profiles=True)
+
+
+def _register(data_dir: Path, models: Models, *, profiles: bool) -> None:
+    import numpy as np
+
     from gateway.config import Config
+    from gateway.reference import build_profile
     from registry.artifacts import ArtifactStore
     from registry.registration import register_model_file
+    from registry.serving import ServingMetadata
     from registry.store import RegistryStore
 
     config = Config(data_dir=data_dir)
     store = RegistryStore(config.database_url)
     try:
         artifacts = ArtifactStore(config.artifacts_dir)
+        sample = np.random.default_rng(21).standard_normal((4000, 32)).astype(np.float32)
+        columns = {f"f{i}": sample[:, i] for i in range(sample.shape[1])}
         for name, path in ((SMALL, models.small_v1), (SMALL, models.small_v2), (HEAVY, models.heavy)):
-            register_model_file(store, artifacts, name, path.read_bytes(), description="benchmark model")
+            mv = register_model_file(store, artifacts, name, path.read_bytes(), description="benchmark model")
+            if profiles and name == SMALL:
+                profile = build_profile(path.read_bytes(), mv.signature, columns)
+                ServingMetadata(store).put_reference_profile(name, mv.version, profile)
     finally:
         store.close()
 
@@ -73,6 +95,8 @@ def commands(bench_python: Path, models: Models, data_dir: Path, max_batch_delay
                      "--model", str(models.small_v1)],
         "gateway": [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--data-dir", str(data_dir),
                     *gateway_flags(max_batch_delay_ms)],
+        DRIFT_SERVER: [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
+                       "--data-dir", str(drift_data_dir(data_dir)), *gateway_flags(max_batch_delay_ms)],
     }
 
 
@@ -96,14 +120,16 @@ def variants(connections: int) -> list[tuple[Variant, Payload]]:
                  f"/v1/models/{HEAVY}:predict", "v1, 1 row", connections, HEAVY), v1),
         (Variant(t.GW_HEAVY_1, "gateway /v1 predict, heavy, 1 connection", "gateway",
                  f"/v1/models/{HEAVY}:predict", "v1, 1 row", 1, HEAVY), v1),
-        # GW_V1_DRIFT goes here once drift tracking exists (see targets.py).
+        (Variant(t.GW_V1_DRIFT, "gateway /v1 predict, small, 90/10 canary, drift on 32 features", DRIFT_SERVER,
+                 PREDICT, "v1, 1 row", connections, SMALL), v1),
     ]
 
 
 def start_all(cmds: dict[str, list[str]], cpu: int, log_dir: Path, say: Callable[[str], None]) -> dict[str, Server]:
     """Start every server pinned to `cpu`, then wait for each to be ready. Stops them all on failure."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}  # the flags alone configure it
-    health = {t.FLOOR: "/", t.CEILING: "/health", t.TEXTBOOK: "/health", "gateway": "/v2/health/ready"}
+    health = {t.FLOOR: "/", t.CEILING: "/health", t.TEXTBOOK: "/health", "gateway": "/v2/health/ready",
+              DRIFT_SERVER: "/v2/health/ready"}
     servers: dict[str, Server] = {}
     try:
         for name, argv in cmds.items():
@@ -112,6 +138,8 @@ def start_all(cmds: dict[str, list[str]], cpu: int, log_dir: Path, say: Callable
                                          log=log_dir / f"{name}.log", env=env, cwd=ROOT)
         for name, server in servers.items():
             wait_ready(server, health[name], READY_TIMEOUT_S)
+            if name == DRIFT_SERVER:  # the harness sets the plain gateway's canary itself
+                set_canary(server)
             say(f"  {name} ready on {server.base_url} (pid {server.pid})")
     except BaseException:
         for server in servers.values():
@@ -129,15 +157,28 @@ def set_canary(gateway: Server) -> None:
 
 def verify(variant: Variant, payload: Payload, server: Server) -> None:
     """One request must succeed before wrk sends thousands; the canary must serve both arms."""
-    tries = 200 if variant.key == t.GW_V1 else 1
+    canary = variant.key in (t.GW_V1, t.GW_V1_DRIFT)
+    tries = 200 if canary else 1
     arms = set()
     for _ in range(tries):
         status, headers, body = http("POST", server.base_url + variant.path, payload.body, payload.headers)
         if status != 200:
             raise ServerError(f"{variant.key}: POST {variant.path} answered {status}: {body[:300]!r}")
         arms.add(headers.get("x-gateway-arm"))
-    if variant.key == t.GW_V1 and arms != {"1", "2"}:
+    if canary and arms != {"1", "2"}:
         raise ServerError(f"{variant.key}: the 90/10 canary served arms {sorted(map(str, arms))} in {tries} requests")
+    if variant.key == t.GW_V1_DRIFT:
+        check_drift(server)
+
+
+def check_drift(gateway: Server) -> None:
+    """The drift gateway must track both small versions on 32 features (plus the output)."""
+    status, _, body = http("GET", f"{gateway.base_url}/monitoring/drift?route={SMALL}&history=0")
+    entries = orjson.loads(body)["drift"] if status == 200 else []
+    inputs = {e["version"]: sum(f["role"] == "input" for f in e["features"]) for e in entries}
+    if inputs != {"1": 32, "2": 32}:
+        raise ServerError(f"{DRIFT_SERVER}: expected drift on 32 features for small v1 and v2, /monitoring/drift "
+                          f"answered {status} with {inputs}")
 
 
 def batch_totals(gateway: Server, model: str) -> tuple[float, float] | None:
