@@ -36,16 +36,30 @@ class DeadlineExceeded(Exception):
 
 def stack_requests(requests: Sequence[Arrays]) -> tuple[Arrays, list[int]]:
     """Concatenate each input along the batch axis; return the arrays and each request's row count."""
-    sizes = [int(r[0].shape[0]) for r in requests]
-    stacked = [np.concatenate([r[i] for r in requests], axis=0) for i in range(len(requests[0]))]
+    sizes = [r[0].shape[0] for r in requests]
+    if len(requests[0]) == 1:
+        return [np.concatenate([r[0] for r in requests])], sizes
+    stacked = [np.concatenate([r[i] for r in requests]) for i in range(len(requests[0]))]
     return stacked, sizes
 
 
 def split_outputs(outputs: Arrays, sizes: Sequence[int]) -> list[Arrays]:
     """Split each batched output back into per-request slices (views, no copies)."""
-    bounds = np.cumsum(sizes)[:-1]
-    per_output = [np.split(out, bounds, axis=0) for out in outputs]
-    return [[parts[i] for parts in per_output] for i in range(len(sizes))]
+    if len(sizes) == 1:
+        return [list(outputs)]
+    parts: list[Arrays] = []
+    start = 0
+    if len(outputs) == 1:
+        out = outputs[0]
+        for size in sizes:
+            parts.append([out[start : start + size]])
+            start += size
+        return parts
+    for size in sizes:
+        end = start + size
+        parts.append([out[start:end] for out in outputs])
+        start = end
+    return parts
 
 
 def batch_key(arrays: Arrays) -> tuple[object, ...]:
@@ -69,7 +83,9 @@ class MicroBatcher:
     Executor: up to `concurrency` batches in flight; what queues meanwhile runs when a slot frees.
     `max_delay_s` > 0 makes an idle model wait that long to fill a batch (off by default: it adds
     latency at low load). `batchable` is False for models without a leading dynamic batch dim:
-    their requests still queue here, but each runs alone.
+    their requests still queue here, but each runs alone. `uniform` promises that every request
+    has the same batch_key (the signature fixes every dtype and non-batch dim), so batches are
+    taken without comparing keys.
     """
 
     def __init__(
@@ -83,6 +99,7 @@ class MicroBatcher:
         max_queue_rows: int = 4096,
         concurrency: int = 1,
         observe: Observer | None = None,
+        uniform: bool = False,
     ) -> None:
         self._run = run
         self._max_rows = max_batch_size if batchable else 1
@@ -91,6 +108,7 @@ class MicroBatcher:
         self._max_queue_rows = max_queue_rows
         self._concurrency = concurrency
         self._observe = observe
+        self._uniform = uniform
         self._pending: list[_Item] = []
         self._queued_rows = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -126,6 +144,11 @@ class MicroBatcher:
 
     def _drop_abandoned(self, now: float) -> None:
         """Requests whose caller left (cancelled) or whose deadline passed leave the queue unrun."""
+        for item in self._pending:
+            if item.future.done() or (item.deadline is not None and now > item.deadline):
+                break
+        else:
+            return  # the common case: every request is still wanted
         kept = []
         for item in self._pending:
             if item.future.done():
@@ -137,16 +160,21 @@ class MicroBatcher:
                 kept.append(item)
         self._pending = kept
 
-    def _take_batch(self) -> tuple[list[_Item], Reason | None]:
-        """Take the oldest request and those after it that fit its shape key and the row cap;
-        the reason is "full" when the cap stopped it."""
+    def _take_batch(self) -> tuple[list[_Item], int, Reason | None]:
+        """Take the oldest request and those after it that fit its shape key and the row cap; return
+        them, their rows, and "full" when the cap stopped it."""
+        if self._uniform and self._queued_rows <= self._max_rows:  # all of the queue fits one batch
+            batch, rows = self._pending, self._queued_rows
+            self._pending = []
+            self._queued_rows = 0
+            return batch, rows, "full" if rows >= self._max_rows else None
         first = self._pending[0]
         key = batch_key(first.arrays)
         rows = first.rows
         batch, rest = [first], []
         capped = False
         for item in self._pending[1:]:
-            if rows + item.rows <= self._max_rows and batch_key(item.arrays) == key:
+            if rows + item.rows <= self._max_rows and (self._uniform or batch_key(item.arrays) == key):
                 batch.append(item)
                 rows += item.rows
             else:
@@ -154,7 +182,7 @@ class MicroBatcher:
                 rest.append(item)
         self._pending = rest
         self._queued_rows -= rows
-        return batch, "full" if capped or rows >= self._max_rows else None
+        return batch, rows, "full" if capped or rows >= self._max_rows else None
 
     def _flush(self, reason: Reason) -> None:
         self._scheduled = False
@@ -163,9 +191,9 @@ class MicroBatcher:
         now = monotonic()
         self._drop_abandoned(now)
         while self._pending and self._in_flight < self._concurrency:
-            batch, capped = self._take_batch()
+            batch, rows, capped = self._take_batch()
             if self._observe is not None:
-                self._observe(sum(i.rows for i in batch), now - batch[0].queued_at, capped or reason)
+                self._observe(rows, now - batch[0].queued_at, capped or reason)
             if self._executor is None:
                 _deliver(batch, self._run_batch(batch))
                 continue

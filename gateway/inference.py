@@ -232,7 +232,7 @@ class InferenceService:
             inputs, defaulted = await assemble(arm.features, self.online, instances_from_v1(body))
             extra = [(DEFAULTED_HEADER, b"%d" % defaulted)]
         else:
-            inputs, extra = v1.decode_predict(body, arm.model.signature.inputs), []
+            inputs, extra = arm.model.decode_v1(body), []
         outputs = await arm.model.infer(inputs, deadline)
         if arm.drift is not None:
             arm.drift.observe(inputs, outputs)

@@ -3,7 +3,8 @@ input order, converted strictly to the model's datatypes; outputs -> {"predictio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,15 @@ from gateway.protocol.dtypes import NUMPY_DTYPE, array_from_json, datatype_of
 from registry.entities import TensorSpec
 
 DEFAULT_MAX_ELEMENTS = 1 << 26
+PredictDecoder = Callable[[bytes], dict[str, npt.NDArray[Any]]]
+
+# A float64 |x| at or above this rounds to inf in float32 (2**128 - 2**103: halfway past FLT_MAX).
+_FP32_OVERFLOW = float(2**128 - 2**103)
+# Squared (rounded like any product): a sum of squares below it proves every |x| is below the bound.
+_FP32_OVERFLOW_SQUARED = _FP32_OVERFLOW * _FP32_OVERFLOW
+_FAST_KINDS = frozenset("iuf")
+# Native-order numeric dtypes: orjson writes such an array (C-contiguous, rank >= 1) as it is.
+_ORJSON_NATIVE = frozenset(dt for name, dt in NUMPY_DTYPE.items() if name != "BYTES")
 
 
 def decode_predict(
@@ -44,6 +54,52 @@ def decode_predict(
     else:
         raise InvalidInput("request needs 'instances' or 'inputs'")
     return {spec.name: _to_array(columns[spec.name], spec, max_elements) for spec in inputs}
+
+
+def compile_predict_decoder(
+    inputs: Sequence[TensorSpec], *, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> PredictDecoder:
+    """decode_predict specialised once per signature: `decoder(body)` returns what
+    `decode_predict(body, inputs)` returns and raises what it raises.
+
+    A single FP32 or FP64 input of shape [-1, F] gets a fast path for its common body,
+    {"instances": [[F numbers], ...]}: one numpy conversion, one shape check and, for FP32, one
+    dot product proving no value overflows, instead of errstate + isfinite. Any other body (row
+    dicts, columnar, ragged, non-numeric, out of range, errors) takes decode_predict itself."""
+    inputs = tuple(inputs)
+    general: PredictDecoder = partial(decode_predict, inputs=inputs, max_elements=max_elements)
+    if len(inputs) != 1:
+        return general
+    spec = inputs[0]
+    if spec.datatype not in ("FP32", "FP64") or len(spec.shape) != 2 or spec.shape[0] != -1 or spec.shape[1] < 1:
+        return general
+    name, width, target = spec.name, spec.shape[1], NUMPY_DTYPE[spec.datatype]
+    narrow = spec.datatype == "FP32"
+    loads, asarray, vdot, kinds, limit = orjson.loads, np.asarray, np.vdot, _FAST_KINDS, _FP32_OVERFLOW_SQUARED
+
+    def decode(body: bytes) -> dict[str, npt.NDArray[Any]]:
+        try:
+            doc = loads(body)
+        except orjson.JSONDecodeError:
+            return general(body)
+        if type(doc) is dict and "inputs" not in doc:
+            rows = doc.get("instances")
+            if type(rows) is list and rows and type(rows[0]) is list:
+                try:
+                    array = asarray(rows)  # exactly as array_from_json converts, so the same values pass
+                except (ValueError, TypeError, OverflowError, RecursionError):
+                    return general(body)
+                shape = array.shape
+                if (
+                    len(shape) == 2 and shape[1] == width and array.dtype.kind in kinds
+                    and array.size <= max_elements
+                    # JSON has no inf or NaN, so only narrowing float64 to float32 can overflow
+                    and not (narrow and array.dtype.kind == "f" and not vdot(array, array) < limit)
+                ):
+                    return {name: array.astype(target, copy=False)}
+        return general(body)
+
+    return decode
 
 
 def _columns_from_instances(instances: Any, names: list[str]) -> Mapping[str, Any]:
@@ -103,6 +159,8 @@ def encode_predict(outputs: Sequence[tuple[str, npt.NDArray[Any]]]) -> bytes:
     an unsupported dtype, or BYTES elements that are not valid UTF-8 (v1 has no binary form)."""
     if len(outputs) == 1:
         name, array = outputs[0]
+        if type(array) is np.ndarray and array.dtype in _ORJSON_NATIVE and array.ndim and array.flags.c_contiguous:
+            return orjson.dumps({"predictions": array}, option=orjson.OPT_SERIALIZE_NUMPY)  # what _jsonable gives
         return orjson.dumps({"predictions": _jsonable(name, array)}, option=orjson.OPT_SERIALIZE_NUMPY)
     columns: list[tuple[str, Any]] = []
     batch = 0
