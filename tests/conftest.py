@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -39,9 +40,9 @@ def _admin_engine(url: sa.URL) -> sa.Engine:
     )
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database for the session, dropped at the end; fails (never skips) when
+@contextlib.contextmanager
+def throwaway_postgres_database() -> Iterator[str]:
+    """Create a PostgreSQL database of our own, yield its URL, drop it; fails (never skips) when
     PostgreSQL cannot be reached."""
     admin_url = sa.make_url(normalise_url(os.environ.get("GATEWAY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)))
     admin = _admin_engine(admin_url)
@@ -62,6 +63,20 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for the session, dropped at the end."""
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for one test."""
+    with throwaway_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
