@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from gateway.config import CONFIG_ENV, Config
+from gateway.headlimit import BoundedHttpToolsProtocol
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
 
@@ -33,7 +34,7 @@ def uvicorn_config(config: Config, app: Starlette | str) -> uvicorn.Config:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with a bound on request-head bytes (431 past it)
         lifespan="on",
         access_log=False,  # no per-request logging on the hot path; metrics count requests
         log_level=config.log_level,

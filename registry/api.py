@@ -8,6 +8,7 @@ GET requests carry their message in the query string, the others as a JSON body.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +44,9 @@ STATUS_BY_CODE: dict[str, int] = {
     ENDPOINT_NOT_FOUND: 404,
     INTERNAL_ERROR: 500,
 }
+# OS errors that mean the path itself is unusable (a component too long, a file where a directory is
+# needed, a symlink loop): the caller's mistake, answered 400 like any invalid artifact path.
+_BAD_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ELOOP})
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _JSON_HEADERS = {"content-type": "application/json"}
 
@@ -84,6 +88,13 @@ def _endpoint(handler: Handler) -> Callable[[Request], Any]:
     return endpoint
 
 
+def _bad_path(relpath: str, exc: OSError) -> Response:
+    """400 for an artifact path the filesystem refuses; any other OS error (disk full...) propagates."""
+    if exc.errno not in _BAD_PATH_ERRNOS:
+        raise exc
+    return error_response(InvalidParameterValue.code, f"Artifact path {relpath!r} cannot be used: {exc.strerror}")
+
+
 async def _not_found(request: Request) -> Response:
     return error_response(ENDPOINT_NOT_FOUND, f"No endpoint {request.method} {request.url.path}")
 
@@ -100,6 +111,8 @@ class ArtifactProxy:
             await run_in_threadpool(self.artifacts.write_file, request.path_params["path"], data)
         except RegistryError as exc:
             return error_response(exc.code, exc.message)
+        except OSError as exc:
+            return _bad_path(request.path_params["path"], exc)
         return Response(b"", 200)  # what MLflow answers; the client only checks the status
 
     async def download(self, request: Request) -> Response:
@@ -110,6 +123,8 @@ class ArtifactProxy:
                 raise ResourceDoesNotExist(f"Artifact {relpath!r} not found")
         except RegistryError as exc:
             return error_response(exc.code, exc.message)
+        except OSError as exc:
+            return _bad_path(relpath, exc)
         return FileResponse(path)
 
     async def list(self, request: Request) -> Response:
@@ -118,6 +133,8 @@ class ArtifactProxy:
             entries = await run_in_threadpool(self.artifacts.list_dir, relpath)
         except RegistryError as exc:
             return error_response(exc.code, exc.message)
+        except OSError as exc:
+            return _bad_path(relpath, exc)
         files = [
             {"path": name, "is_dir": True} if is_dir else {"path": name, "is_dir": False, "file_size": size}
             for name, is_dir, size in entries
