@@ -147,6 +147,8 @@ def _decode_input(
     for dim in shape:
         if type(dim) is not int or dim < 0:
             raise InvalidInput(f"{what}: 'shape' must be a list of non-negative integers, got {shape}")
+        if dim > max_elements:  # also bounds zero-sized shapes, which numpy cannot reshape to past 2**63
+            raise InvalidInput(f"{what}: shape {shape} has a dimension of {dim} elements, over the limit of {max_elements}")
         count *= dim
     if count > max_elements:
         raise InvalidInput(f"{what}: shape {shape} has {count} elements, over the limit of {max_elements}")

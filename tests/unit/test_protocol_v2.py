@@ -848,3 +848,17 @@ class TestParseHeaderLength:
             InvalidInput, match=r"^Inference-Header-Content-Length .* is not a non-negative integer"
         ):
             parse_header_length(value)
+
+
+def test_zero_sized_shape_with_huge_dims_is_refused() -> None:
+    """A shape with a zero and dims past numpy's limit (found by fuzzing: it used to be a 500) is a 400."""
+    import orjson as _orjson
+    import pytest as _pytest
+
+    from gateway.errors import InvalidInput as _InvalidInput
+    from gateway.protocol.v2 import decode_infer_request as _decode
+
+    header = _orjson.dumps({"inputs": [{"name": "features", "shape": [0, 1324818, 23384440, 10**12],
+                                        "datatype": "FP32", "parameters": {"binary_data_size": 0}}]})
+    with _pytest.raises(_InvalidInput, match="dimension"):
+        _decode(header, len(header))
