@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from featurestore.codec import ReadResult, Reply, encode_rows, key_ttl_ms
@@ -52,6 +55,10 @@ class RedisOnlineStore:
             # per-reply socket timeout: redis-py would wrap each of a batch's replies in its own.
             socket_timeout=None,
             socket_connect_timeout=opts.connect_timeout_s,
+            # A pooled connection left idle while Redis restarted fails on its next use; resend the
+            # pipeline once on a fresh connection so no request pays for it (HMGET/HSET/PEXPIRE are
+            # idempotent). Timeouts are not retried: asyncio.timeout cancels the whole call.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._client = Redis(connection_pool=self._pool)
         parts = urlsplit(url)

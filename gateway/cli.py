@@ -7,6 +7,9 @@ and --data-dir / --registry read GATEWAY_DATA_DIR / GATEWAY_REGISTRY_URL on ever
 from __future__ import annotations
 
 import logging
+import math
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,11 +158,24 @@ def models() -> None:
 @click.option("--source", default=None, help="Where the file came from (e.g. runs:/<run_id>/model).")
 @click.option("--run-id", default=None, help="The training run that produced the file.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A version tag; repeatable.")
+@click.option("--features", "feature_refs", default=None, metavar="REFS",
+              help="Declared input features in input-column order, comma-separated 'view:feature' or "
+                   "'request:name' (supplied by the request); checked against the model's input width and dtype.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.csv", help="A training-like sample (CSV with a header) stored as the drift reference profile.")
+@click.option("--bins", type=click.IntRange(2, 1000), default=10, show_default=True,
+              help="Quantile bins per numeric column of the reference profile.")
 @registry_options
 def register(name: str, file: Path, description: str, source: str | None, run_id: str | None,
-             tags: tuple[str, ...], data_dir: Path, registry_url: str | None) -> None:
-    """Register FILE (an ONNX model) as the next version of model NAME."""
+             tags: tuple[str, ...], feature_refs: str | None, reference: Path | None, bins: int,
+             data_dir: Path, registry_url: str | None) -> None:
+    """Register FILE (an ONNX model) as the next version of model NAME.
+
+    With --features, the declared features are checked against the registered feature views and the
+    model's input before anything is written; with --reference, so is the reference sample."""
+    from registry.onnxinfo import inspect_onnx
     from registry.registration import register_model_file
+    from registry.serving import ServingMetadata
 
     parsed: dict[str, str] = {}
     for tag in tags:
@@ -167,16 +183,31 @@ def register(name: str, file: Path, description: str, source: str | None, run_id
         if not sep or not key:
             raise click.BadParameter(f"{tag!r} is not KEY=VALUE", param_hint="'--tag'")
         parsed[key] = value
+    refs = _parse_refs(feature_refs) if feature_refs is not None else None
+    data = file.read_bytes()
     store, artifacts = _open(data_dir, registry_url)
     try:
-        mv = register_model_file(store, artifacts, name, file.read_bytes(), source=source, run_id=run_id,
+        signature = inspect_onnx(data)  # registration checks it again; the checks below need it first
+        if refs is not None:
+            _check_declared(signature, refs, _stored_views(store))
+        profile = _reference_profile(data, signature, refs, reference, bins) if reference is not None else None
+        mv = register_model_file(store, artifacts, name, data, source=source, run_id=run_id,
                                  description=description, tags=parsed)
+        meta = ServingMetadata(store)
+        if refs is not None:
+            meta.set_model_features(name, mv.version, refs)
+        if profile is not None:
+            meta.put_reference_profile(name, mv.version, profile)
     except RegistryError as exc:
         raise click.ClickException(exc.message) from exc
     finally:
         store.close()
     inputs = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in mv.signature.inputs)
     click.echo(f"registered {mv.name} version {mv.version} (sha256 {mv.artifact_sha256[:12]}, inputs: {inputs})")
+    if refs is not None:
+        click.echo(f"declared features: {', '.join(refs)}")
+    if profile is not None:
+        click.echo(f"reference profile: {_describe_profile(profile)}")
 
 
 def _when(ms: int) -> str:
@@ -346,3 +377,346 @@ def audit(route: str | None, limit: int, data_dir: Path, registry_url: str | Non
         store.close()
     for entry in entries:
         click.echo(orjson.dumps(entry.to_dict()).decode())
+
+
+# --- online features: views, ingestion, declared features and reference profiles ------------------
+
+NO_REDIS = (
+    "--redis URL (or GATEWAY_REDIS_URL) is required: without Redis, each `gateway serve` process keeps its own "
+    "in-memory online store, which this command cannot reach. Start the gateways with --redis and ingest there, "
+    "or write rows to a running gateway with POST /features/push."
+)
+
+
+def redis_option(fn: F) -> F:
+    """--redis, as `gateway serve` reads it (GATEWAY_REDIS_URL)."""
+    return click.option(
+        "--redis", "redis_url", envvar="GATEWAY_REDIS_URL", default=None, metavar="URL",
+        help="The Redis online store the gateways read (redis://host:port/db).",
+    )(fn)
+
+
+def _parse_refs(text: str) -> list[str]:
+    from featurestore.errors import InvalidFeatureRequest
+    from featurestore.views import FeatureRef
+
+    refs = [part.strip() for part in text.split(",") if part.strip()]
+    if not refs:
+        raise click.BadParameter("expected comma-separated 'view:feature' or 'request:name'", param_hint="'--features'")
+    try:
+        return [str(FeatureRef.parse(ref)) for ref in refs]
+    except InvalidFeatureRequest as exc:
+        raise click.BadParameter(exc.message, param_hint="'--features'") from exc
+
+
+def _stored_views(store: Any) -> dict[str, Any]:
+    """The registry's feature views, validated (a stored view that no longer validates is skipped, as
+    gateways skip it)."""
+    from featurestore.errors import InvalidFeatureView
+    from featurestore.views import FeatureView
+    from registry.serving import ServingMetadata
+
+    views = {}
+    for record in ServingMetadata(store).list_feature_views():
+        try:
+            views[record.name] = FeatureView.from_dict(record.name, record.spec)
+        except InvalidFeatureView as exc:
+            click.echo(f"warning: stored {exc.message}; ignored", err=True)
+    return views
+
+
+def _check_declared(signature: Any, refs: list[str], views: dict[str, Any]) -> None:
+    """Raise ClickException unless the declared features fill the model's one [batch, N] input, as
+    gateways will read them (same plan compiler, same dtype rules)."""
+    from featurestore.errors import FeatureStoreError
+    from featurestore.views import compile_read_plan
+    from gateway.protocol.dtypes import numpy_dtype
+
+    where = "--features"
+    if len(signature.inputs) != 1:
+        names = ", ".join(t.name for t in signature.inputs)
+        raise click.ClickException(f"{where}: declared features fill one [batch, N] input; the model has "
+                                   f"{len(signature.inputs)} inputs ({names})")
+    spec = signature.inputs[0]
+    if len(spec.shape) != 2:
+        raise click.ClickException(f"{where}: declared features fill a [batch, N] input; input '{spec.name}' "
+                                   f"has shape {list(spec.shape)}")
+    try:
+        dtype = numpy_dtype(spec.datatype)
+        plan = compile_read_plan(refs, views, dtype=dtype)
+        plan.check_against(spec.shape[1] if spec.shape[1] > 0 else plan.width, dtype)
+    except FeatureStoreError as exc:
+        raise click.ClickException(f"{where}: {exc.message}; nothing was registered") from exc
+    except ValueError as exc:  # an input dtype rows cannot be assembled as (FP16, ...)
+        raise click.ClickException(f"{where}: input '{spec.name}' ({spec.datatype}): {exc}; nothing was registered") from exc
+
+
+def _input_columns(signature: Any) -> int:
+    """The model's input columns, the inputs concatenated and each flattened past the batch dim (as
+    drift watching counts them)."""
+    total = 0
+    for spec in signature.inputs:
+        inner = spec.shape[1:]
+        total += int(math.prod(inner)) if inner and all(d > 0 for d in inner) else 1
+    return total
+
+
+def _reference_profile(data: bytes, signature: Any, refs: list[str] | None, path: Path, bins: int,
+                       outcome: str = "nothing was registered") -> dict[str, Any]:
+    """The drift reference profile of a CSV sample: the declared features' columns (by "view:feature"
+    or the feature's name), else every column of the CSV, which must be the model's input columns in order."""
+    from gateway.reference import build_profile, pick_columns, read_reference_csv
+
+    try:
+        columns = read_reference_csv(path)
+        if refs is not None:
+            columns = pick_columns(columns, refs)
+        elif len(columns) != _input_columns(signature):
+            raise ValueError(f"it has {len(columns)} columns ({', '.join(columns)}) but the model's inputs have "
+                             f"{_input_columns(signature)}; give exactly the input columns, in order")
+        return build_profile(data, signature, columns, bins)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: {exc}; {outcome}") from exc
+
+
+def _describe_profile(profile: dict[str, Any]) -> str:
+    features = [str(f.get("name", "?")) for f in profile.get("features", [])]
+    outputs = [str(o.get("name", "?")) for o in profile.get("outputs", [])]
+    return f"{len(features)} columns ({', '.join(features)}), outputs: {', '.join(outputs) or 'none'}"
+
+
+@models.command("profile")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE.csv")
+@click.option("--bins", type=click.IntRange(2, 1000), default=10, show_default=True,
+              help="Quantile bins per numeric column.")
+@registry_options
+def profile_version(name: str, version: int, file: Path, bins: int, data_dir: Path, registry_url: str | None) -> None:
+    """Store the drift reference profile of VERSION of NAME, built from a CSV sample (its declared
+    features' columns, else its input columns in order); running gateways watch drift against it."""
+    from registry.serving import ServingMetadata
+
+    store, artifacts = _open(data_dir, registry_url)
+    try:
+        mv = store.get_model_version(name, version)
+        meta = ServingMetadata(store)
+        refs = meta.get_model_features(name, version)
+        profile = _reference_profile(artifacts.read_bytes(mv.artifact_sha256), mv.signature,
+                                     list(refs) if refs is not None else None, file, bins, "nothing was stored")
+        meta.put_reference_profile(name, version, profile)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"{name} version {version}: reference profile stored, {_describe_profile(profile)}")
+
+
+@main.group()
+def features() -> None:
+    """Feature views (shared through the registry) and their rows in the Redis online store."""
+
+
+def _load_views_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, spec) per view of a YAML or JSON list of {"name", "entity", "ttl_seconds", "features"}.
+    JSON needs nothing; YAML needs pyyaml (JSON is tried first)."""
+    raw = path.read_bytes()
+    try:
+        document: object = orjson.loads(raw)
+    except orjson.JSONDecodeError as json_error:
+        if path.suffix.lower() == ".json":
+            raise click.ClickException(f"{path}: not valid JSON: {json_error}") from json_error
+        try:
+            import yaml
+        except ImportError:
+            raise click.ClickException(
+                f"{path} is not JSON, and reading YAML needs pyyaml (pip install pyyaml)") from None
+        try:
+            document = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise click.ClickException(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(document, dict) and "views" in document:
+        document = document["views"]
+    if not isinstance(document, list) or not document:
+        raise click.ClickException(f"{path}: expected a non-empty list of feature views "
+                                   '({"name": ..., "entity": ..., "ttl_seconds": ..., "features": [...]})')
+    views: list[tuple[str, dict[str, Any]]] = []
+    for i, item in enumerate(document):
+        if not isinstance(item, dict):
+            raise click.ClickException(f"{path}: views[{i}]: expected an object, got {item!r}")
+        spec = dict(item)
+        name = spec.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise click.ClickException(f"{path}: views[{i}].name: required (the feature view's name)")
+        if any(name == seen for seen, _ in views):
+            raise click.ClickException(f"{path}: views[{i}].name: '{name}' appears twice")
+        views.append((name, spec))
+    return views
+
+
+def _broken_declarations(store: Any, views: dict[str, Any]) -> list[str]:
+    """Versions whose declared features no longer compile against `views` (gateways would keep their
+    previous route table), as readable lines."""
+    from featurestore.errors import FeatureStoreError
+    from featurestore.views import compile_read_plan
+    from gateway.protocol.dtypes import numpy_dtype
+    from registry.serving import ServingMetadata
+
+    meta = ServingMetadata(store)
+    broken = []
+    for model in store.list_registered_models():
+        for mv in store.list_model_versions(model.name):
+            refs = meta.get_model_features(mv.name, mv.version)
+            if refs is None or len(mv.signature.inputs) != 1:
+                continue
+            try:
+                compile_read_plan(list(refs), views, dtype=numpy_dtype(mv.signature.inputs[0].datatype))
+            except (FeatureStoreError, ValueError) as exc:
+                broken.append(f"{mv.name} v{mv.version}: {exc}")
+    return broken
+
+
+def _ttl_text(seconds: int) -> str:
+    if seconds == 0:
+        return "none"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@features.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@registry_options
+def apply_views(file: Path, data_dir: Path, registry_url: str | None) -> None:
+    """Create or replace the feature views in FILE (YAML or JSON: a list of {"name", "entity",
+    "ttl_seconds", "features": [{"name", "dtype", "default"}]}). Every view is validated before any is
+    stored; unchanged views are left alone. Running gateways follow within their poll interval."""
+    from featurestore.errors import InvalidFeatureView
+    from featurestore.views import FeatureView
+    from registry.serving import ServingMetadata
+
+    parsed = []
+    for name, spec in _load_views_file(file):
+        try:
+            parsed.append(FeatureView.from_dict(name, spec))
+        except InvalidFeatureView as exc:
+            raise click.ClickException(f"{file}: {exc.message}; no view was stored") from exc
+    store, _ = _open(data_dir, registry_url)
+    try:
+        meta = ServingMetadata(store)
+        stored = {record.name: record.spec for record in meta.list_feature_views()}
+        actor = _actor()
+        for view in parsed:
+            spec = view.to_dict()
+            outcome = "unchanged" if stored.get(view.name) == spec else "updated" if view.name in stored else "created"
+            if outcome != "unchanged":
+                meta.put_feature_view(view.name, spec, actor)
+            click.echo(f"feature view {view.name}: {outcome} (entity {view.entity}, {len(view.features)} features, "
+                       f"ttl {_ttl_text(view.ttl_seconds)})")
+        for line in _broken_declarations(store, _stored_views(store)):
+            click.echo(f"warning: {line}; gateways keep serving its previous route table", err=True)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+
+
+@features.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@registry_options
+def list_views(as_json: bool, data_dir: Path, registry_url: str | None) -> None:
+    """List the registered feature views: entity key, TTL, features (name:dtype=default)."""
+    from registry.serving import ServingMetadata
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        records = ServingMetadata(store).list_feature_views()
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    if as_json:
+        click.echo(orjson.dumps([r.to_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [("VIEW", "ENTITY", "TTL", "UPDATED (UTC)", "BY", "FEATURES")]
+    for r in records:
+        feats = ", ".join(f"{f['name']}:{f['dtype']}={f.get('default')}" for f in r.spec.get("features", []))
+        rows.append((r.name, str(r.spec.get("entity")), _ttl_text(int(r.spec.get("ttl_seconds", 0))),
+                     _when(r.updated_ms), r.updated_by, feats))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@features.command("ingest")
+@click.argument("view_name", metavar="VIEW")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rows per pipelined write (one round trip each).")
+@click.option("--timestamp-column", default=None, metavar="COLUMN",
+              help="The column holding each row's event time (default: 'event_timestamp' if present, else now).")
+@click.option("--format", "file_format", type=click.Choice(["csv", "parquet"]), default=None,
+              help="The file's format (default: by extension; Parquet needs pyarrow).")
+@redis_option
+@registry_options
+def ingest(view_name: str, file: Path, batch_size: int, timestamp_column: str | None, file_format: str | None,
+           redis_url: str | None, data_dir: Path, registry_url: str | None) -> None:
+    """Write the rows of FILE (CSV with a header, or Parquet) into feature view VIEW in Redis.
+
+    Columns: the view's entity key and every feature (others are ignored); an empty cell is null.
+    Each row replaces the entity's row, so a re-run leaves the same values."""
+    import asyncio
+
+    if redis_url is None:
+        raise click.UsageError(NO_REDIS)
+    _config(data_dir=data_dir, registry_url=registry_url, redis_url=redis_url)  # names '--redis' when invalid
+    store, _ = _open(data_dir, registry_url)
+    try:
+        views = _stored_views(store)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    view = views.get(view_name)
+    if view is None:
+        known = ", ".join(sorted(views)) or "none; create one with `gateway features apply`"
+        raise click.ClickException(f"no feature view named '{view_name}' (registered: {known})")
+    asyncio.run(_ingest(view, file, redis_url, batch_size, timestamp_column, file_format))
+
+
+async def _ingest(view: Any, file: Path, redis_url: str, batch_size: int, timestamp_column: str | None,
+                  file_format: str | None) -> None:
+    from featurestore.errors import FeatureStoreError, IngestError
+    from featurestore.ingest import ingest_file
+    from featurestore.online import StoreOptions, open_online_store
+
+    online = open_online_store(redis_url, StoreOptions(write_timeout_s=30.0))
+    written = 0
+    try:
+        await online.ping()
+        with click.progressbar(length=0, label=f"ingesting {file.name} into {view.name}", file=sys.stderr,
+                               show_pos=True, show_percent=True) as bar:
+
+            def progress(rows: int, total: int | None) -> None:
+                nonlocal written
+                if total is not None and bar.length != max(total, rows):
+                    bar.length = max(total, rows)
+                bar.update(rows - written)
+                written = rows
+
+            report = await ingest_file(
+                online, view, file, now_ms=time.time_ns() // 1_000_000, batch_size=batch_size,
+                timestamp_column=timestamp_column, progress=progress,
+                file_format="parquet" if file_format == "parquet" else "csv" if file_format == "csv" else None,
+            )
+    except IngestError as exc:
+        done = f"; the {written:,} rows before it were written (re-runs are idempotent)" if written else ""
+        raise click.ClickException(f"{exc.message}{done}") from exc
+    except FeatureStoreError as exc:
+        done = f" ({written:,} rows were written before it; re-runs are idempotent)" if written else ""
+        raise click.ClickException(f"{exc.message}{done}") from exc
+    finally:
+        await online.close()
+    click.echo(f"ingested {report.rows:,} rows into {view.name} in {report.batches:,} batches: "
+               f"{report.seconds:.2f} s, {report.rows_per_second:,.0f} rows/s")
