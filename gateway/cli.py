@@ -75,15 +75,15 @@ def main() -> None:
               help="Most rows stacked into one inference.")
 @click.option("--max-batch-delay-ms", type=float, default=DEFAULTS.max_batch_delay_ms, show_default=True,
               help="Wait this long to fill a batch (0: batch what arrives in the same event-loop turn).")
-@click.option("--request-timeout", "request_timeout_s", type=float, default=DEFAULTS.request_timeout_s,
+@click.option("--request-timeout", "request_timeout_s", envvar="GATEWAY_REQUEST_TIMEOUT", type=float, default=DEFAULTS.request_timeout_s,
               show_default=True, help="Per-request deadline in seconds (504 past it); v2 'timeout' (µs) may shorten it.")
 @click.option("--max-queue-rows", type=int, default=DEFAULTS.max_queue_rows, show_default=True,
               help="Rows waiting per model beyond which requests get 503 with Retry-After.")
 @click.option("--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes, show_default=True,
               help="Larger request bodies get 413.")
-@click.option("--poll-interval", "poll_interval_s", type=float, default=DEFAULTS.poll_interval_s, show_default=True,
+@click.option("--poll-interval", "poll_interval_s", envvar="GATEWAY_POLL_INTERVAL", type=float, default=DEFAULTS.poll_interval_s, show_default=True,
               help="Seconds between checks of the registry for promotions and new versions.")
-@click.option("--graceful-timeout", "graceful_timeout_s", type=float, default=DEFAULTS.graceful_timeout_s,
+@click.option("--graceful-timeout", "graceful_timeout_s", envvar="GATEWAY_GRACEFUL_TIMEOUT", type=float, default=DEFAULTS.graceful_timeout_s,
               show_default=True, help="Seconds to finish in-flight requests after SIGTERM.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default=DEFAULTS.log_level, show_default=True)
@@ -93,7 +93,7 @@ def main() -> None:
               help="Budget of one online-feature read; past it the route's policy answers 503 or serves defaults.")
 @click.option("--drift-window-requests", type=int, default=DEFAULTS.drift_window_requests, show_default=True,
               help="Rows per drift window when a route's policy sets none.")
-@click.option("--drift-flush-interval", "drift_flush_interval_s", type=float,
+@click.option("--drift-flush-interval", "drift_flush_interval_s", envvar="GATEWAY_DRIFT_FLUSH_INTERVAL", type=float,
               default=DEFAULTS.drift_flush_interval_s, show_default=True,
               help="Seconds between drift count flushes (binning and merging off the request path).")
 @click.option("--admin-token", default=None, metavar="TOKEN",
@@ -102,7 +102,7 @@ def main() -> None:
               help="Shadow copies waiting beyond this are dropped and counted.")
 @click.option("--shadow-workers", type=int, default=DEFAULTS.shadow_workers, show_default=True,
               help="Concurrent shadow copies in flight.")
-@click.option("--shadow-timeout", "shadow_timeout_s", type=float, default=DEFAULTS.shadow_timeout_s,
+@click.option("--shadow-timeout", "shadow_timeout_s", envvar="GATEWAY_SHADOW_TIMEOUT", type=float, default=DEFAULTS.shadow_timeout_s,
               show_default=True, help="Seconds a shadow copy may take before it counts as failed.")
 def serve(**values: Any) -> None:
     """Run the gateway (with no flags: embedded SQLite registry under ./.gateway, 127.0.0.1:8000)."""

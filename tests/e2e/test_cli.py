@@ -103,3 +103,12 @@ def test_serve_with_two_workers_serves_and_stops_cleanly(tmp_path: Path) -> None
     finally:
         assert gw.stop() == 0
     assert gw.output().count("Application startup complete") == 2
+
+
+def test_serve_reads_gateway_flag_env_vars(tmp_path: Path) -> None:
+    """Every serve flag reads GATEWAY_<FLAG> (the Kubernetes ConfigMap's names), e.g. GATEWAY_GRACEFUL_TIMEOUT."""
+    for env, flag in (("GATEWAY_GRACEFUL_TIMEOUT", "--graceful-timeout"), ("GATEWAY_POLL_INTERVAL", "--poll-interval"),
+                      ("GATEWAY_PORT", "--port")):
+        proc = run_cli(tmp_path, "serve", check=False, **{env: "-1"})
+        assert proc.returncode == 2, (env, proc.stderr)
+        assert flag in proc.stderr
