@@ -112,3 +112,32 @@ def test_serve_reads_gateway_flag_env_vars(tmp_path: Path) -> None:
         proc = run_cli(tmp_path, "serve", check=False, **{env: "-1"})
         assert proc.returncode == 2, (env, proc.stderr)
         assert flag in proc.stderr
+
+
+def test_registry_serve_alone_speaks_mlflow(tmp_path: Path) -> None:
+    """`gateway registry serve` answers the MLflow API on its own, with MLflow's error shape."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.e2e.conftest import cli_env, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "registry", "serve", "--port", str(port)],
+                            env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"{url}/experiments/get-by-name", params={"experiment_name": "nope"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "registry serve did not start"
+                time.sleep(0.05)
+        assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        created = httpx.post(f"{url}/experiments/create", json={"name": "alone"})
+        assert created.status_code == 200 and created.json()["experiment_id"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
