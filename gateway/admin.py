@@ -77,6 +77,17 @@ def describe_route(route: Route) -> dict[str, Any]:
     }
 
 
+async def _json_body(request: Request, what: str) -> object:
+    """The request's JSON document, bounded in size. Raises InvalidInput (400)."""
+    body = await request.body()
+    if len(body) > MAX_POLICY_BYTES:
+        raise InvalidInput(f"{what} body exceeds {MAX_POLICY_BYTES} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} body is not valid JSON: {exc}") from exc
+
+
 def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON)
 
@@ -141,13 +152,7 @@ class Admin:
     async def put_route(self, request: Request) -> Response:
         actor = self._authorize(request)
         name = request.path_params["name"]
-        body = await request.body()
-        if len(body) > MAX_POLICY_BYTES:
-            raise InvalidInput(f"policy body exceeds {MAX_POLICY_BYTES} bytes")
-        try:
-            spec = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"policy body is not valid JSON: {exc}") from exc
+        spec = await _json_body(request, "policy")
         policy = await asyncio.to_thread(validate_policy, self.store, spec)
         await asyncio.to_thread(self.store.put_route, name, policy.model, policy.to_dict(), actor)
         self.dataplane.metrics.route_changes.labels(name, "put").inc()
@@ -183,13 +188,7 @@ class Admin:
         """Validate with the feature store's own rules, store it (audited by actor), resync now."""
         actor = self._authorize(request)
         name = request.path_params["name"]
-        body = await request.body()
-        if len(body) > MAX_POLICY_BYTES:
-            raise InvalidInput(f"feature view body exceeds {MAX_POLICY_BYTES} bytes")
-        try:
-            spec = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"feature view body is not valid JSON: {exc}") from exc
+        spec = await _json_body(request, "feature view")
         view = FeatureView.from_dict(name, spec)  # InvalidFeatureView -> 422
         record = await asyncio.to_thread(ServingMetadata(self.store).put_feature_view, name, view.to_dict(), actor)
         await self.follower.sync_once()
