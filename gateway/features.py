@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+from prometheus_client import Counter, Histogram
 
 from featurestore.errors import OnlineStoreUnavailable
 from featurestore.online import OnlineStore
@@ -31,6 +32,8 @@ class FeatureBinding:
     plan: ReadPlan
     input_name: str
     policy: FeaturePolicy
+    defaulted: Counter | None = None  # metric children of the route, bound once
+    fetch_seconds: Histogram | None = None
 
     @property
     def request_fields(self) -> tuple[str, ...]:
@@ -82,6 +85,7 @@ async def assemble(
     Raises Unavailable (503) when the store fails and the policy says so, EntityNotFound (404) for
     a missing entity under missing_entity="error", InvalidFeatureRequest (400) for bad request fields."""
     plan = binding.plan
+    started = time.perf_counter()
     try:
         result = await store.read(plan, instances, time.time_ns() // 1_000_000)  # TTLs are wall-clock
     except OnlineStoreUnavailable as exc:
@@ -94,6 +98,10 @@ async def assemble(
             plan.check_found(result, instances)
         matrix, defaulted = result.rows, result.defaulted
     plan.fill_request(matrix, instances)
+    if binding.fetch_seconds is not None:
+        binding.fetch_seconds.observe(time.perf_counter() - started)
+    if binding.defaulted is not None and defaulted:
+        binding.defaulted.inc(defaulted)
     return {binding.input_name: matrix}, defaulted
 
 

@@ -247,7 +247,11 @@ class RegistryFollower:
                 raise RuntimeError(f"version {mv.version} declares features but has {len(model.signature.inputs)} inputs")
             spec = model.signature.inputs[0]
             plan = compile_read_plan(list(extras.features), self._views, dtype=numpy_dtype(spec.datatype))
-            features = FeatureBinding(plan, spec.name, policy.features)
+            metrics = self._dataplane.metrics
+            features = FeatureBinding(
+                plan, spec.name, policy.features,
+                metrics.features_defaulted.labels(route), metrics.feature_fetch_seconds.labels(route),
+            )
         drift = None
         if watch and extras.profile is not None and self._drift is not None and self._sink is not None:
             try:

@@ -86,6 +86,14 @@ class GatewayMetrics:
             "gateway_registry_syncs", "Route/model syncs from the registry, by outcome (ok or error).",
             ["outcome"], registry=r,
         )
+        self.features_defaulted = Counter(
+            "gateway_features_defaulted", "Feature values served from the view's default (missing, stale, or store down).",
+            ["route"], registry=r,
+        )
+        self.feature_fetch_seconds = Histogram(
+            "gateway_feature_fetch_duration_seconds", "Time to read a request's features from the online store.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.route_changes = Counter(
             "gateway_route_changes", "Admin changes to route policies, by route and action (put or delete).",
             ["route", "action"], registry=r,
