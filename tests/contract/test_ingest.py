@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,13 +190,33 @@ class TestIngest:
         with pytest.raises(IngestError, match=r"nope\.csv: no such file"):
             run("memory://", lambda store: ingest_file(store, USERS, tmp_path / "nope.csv", now_ms=NOW))
 
-    @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
-    def test_parquet_needs_pyarrow(self, tmp_path: Path) -> None:
-        """Without pyarrow a Parquet file is a clear IngestError saying what to install."""
-        path = tmp_path / "users.parquet"
-        path.write_bytes(b"PAR1")
-        with pytest.raises(IngestError, match=r"reading Parquet needs pyarrow \(pip install pyarrow\)"):
-            run("memory://", lambda store: ingest_file(store, USERS, path, now_ms=NOW))
+    def test_parquet_ingests_like_the_same_csv(self, store_url: str, tmp_path: Path) -> None:
+        """A Parquet file with the CSV's rows and columns leaves the store in the same state."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids = list(range(400))
+        table = pa.table({
+            "user_id": ids,
+            "age": [i / 2 for i in ids],
+            "visits": [i % 100 for i in ids],
+            "vip": [bool(i % 3) for i in ids],
+            "city": [f"c{i % 7}" for i in ids],
+        })
+        parquet = tmp_path / "users.parquet"
+        pq.write_table(table, parquet)
+        csv = big_csv(tmp_path / "users.csv", 400)
+
+        async def scenario(store: OnlineStore) -> tuple[list[list[object]], list[list[object]]]:
+            report = await ingest_file(store, USERS, parquet, now_ms=NOW, batch_size=150)
+            assert (report.rows, report.batches) == (400, 3)
+            from_parquet = await read_all(store, [*ids, 400])
+            await ingest_file(store, USERS, csv, now_ms=NOW)
+            return from_parquet, await read_all(store, [*ids, 400])
+
+        from_parquet, from_csv = run(store_url, scenario)
+        assert from_parquet == from_csv
+        assert from_parquet[3] == [1.5, 3, False, "c3", *["PRESENT"] * 4]
 
 
 class TestParsing:
