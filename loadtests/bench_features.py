@@ -261,8 +261,8 @@ def report(args: argparse.Namespace, command: str, ingests: list[Ingest], runs: 
         f"- Machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}, "
         f"redis-server {redis_version()}",
         f"- Conditions: load average {load[0]:.2f} before, {load[1]:.2f} after (1 min)." + (f" {args.note}" if args.note else ""),
-        f"- Gateway (`gateway serve --redis <private redis> --intra-op-threads 1 --inference-threads 1 --log-level warning`, "
-        f"--feature-timeout-ms {args.feature_timeout_ms:g}) pinned to CPU {args.server_cpu}; wrk (`-t1 -c<conns> -d{args.seconds:g}s --latency`, "
+        "- Gateway (`gateway serve --redis <private redis> --intra-op-threads 1 --inference-threads 1 --log-level warning "
+        f"--feature-timeout-ms {args.feature_timeout_ms:g}`) pinned to CPU {args.server_cpu}; wrk (`-t1 -c<conns> -d{args.seconds:g}s --latency`, "
         f"a Lua script picking one of {BODY_USERS} bodies per request) and redis-server pinned to CPU {args.client_cpu}.",
         f"- Routes: `{ENRICHED}` declares {', '.join(FRAUD_FEATURES)} and gets `{{\"instances\": [{{\"user_id\": u, "
         f"\"amount\": a}}]}}`; `{PLAIN}` is the same ONNX file with no declared features and gets "
@@ -308,7 +308,10 @@ def report(args: argparse.Namespace, command: str, ingests: list[Ingest], runs: 
                      f"throughput {med([e.wrk.rps / p.wrk.rps for p, e in pairs]):.2f} x plain")
     lines += ["```", ""]
     shown = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items())) or "none"
-    lines += [f"Non-200 answers over the whole run, warm-ups included (route, status: count, from /metrics): {shown}.", ""]
+    lines += [f"Non-200 answers over the whole run, warm-ups included (route, status: count, from /metrics): {shown}. "
+              "A 503 on the enriched route is a feature read that passed --feature-timeout-ms (the route's default "
+              "policy, on_store_error=error, fails fast); with redis-server sharing wrk's CPU, a busy machine delays "
+              "some replies past 50 ms.", ""]
     return "\n".join(lines)
 
 
