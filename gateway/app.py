@@ -102,6 +102,13 @@ async def flush_drift(drift: DriftRegistry, metrics: GatewayMetrics, interval_s:
             log.exception("drift flush failed")
 
 
+async def sample_inflight(service: InferenceService, metrics: GatewayMetrics, interval_s: float = 0.25) -> None:
+    """With worker processes, each worker writes its in-flight count to its metrics file."""
+    while True:
+        metrics.inflight.set(service.inflight)
+        await asyncio.sleep(interval_s)
+
+
 def create_app(config: Config) -> Starlette:
     endpoints = Endpoints(config)
     slot = InferenceSlot()
@@ -130,9 +137,12 @@ def create_app(config: Config) -> Starlette:
         http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
         endpoints.attach(dataplane, follower)
         mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s)
-        slot.serve = InferenceService(
+        slot.serve = service = InferenceService(
             dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online
         )
+        background: list[asyncio.Task[None]] = []
+        if not metrics.track_inflight(lambda: service.inflight):
+            background.append(asyncio.create_task(sample_inflight(service, metrics), name="inflight-sampler"))
         admin.attach(store, dataplane, follower)
         # The MLflow-compatible API needs the open store; the router reads its route list per request.
         app.router.routes.extend(create_mlflow_routes(store, artifacts))
@@ -153,7 +163,7 @@ def create_app(config: Config) -> Starlette:
             yield
         finally:
             endpoints.draining = True
-            for task in (follow, flush):
+            for task in (follow, flush, *background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

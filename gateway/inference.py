@@ -116,8 +116,16 @@ class InferenceService:
         self.is_loaded = is_loaded
         self.max_body = max_body_bytes
         self.timeout_s = timeout_s
+        self.inflight = 0  # requests received and not yet answered; exported as gateway_inflight_requests
 
     async def __call__(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
+        self.inflight += 1
+        try:
+            await self._serve(target, scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    async def _serve(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
         protocol, name, version = target
         started = perf_counter()
         deadline = monotonic() + self.timeout_s

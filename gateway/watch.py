@@ -1,5 +1,9 @@
 """Drift watching for one served version: picks the monitored columns out of the model's inputs and
-outputs and queues them on its DriftFeed after the answer is built (no numpy work, no I/O here)."""
+outputs and queues them on its DriftFeed after the answer is built (no numpy work, no I/O here).
+
+It runs once per request, so it only takes references: the whole input matrix when the monitored
+features are exactly its columns, and the raw output arrays by position. Reducing outputs to one
+decision per row happens at flush, on the concatenated arrays (monitoring/drift.py `decision_column`)."""
 
 from __future__ import annotations
 
@@ -24,28 +28,25 @@ class DriftWatch:
     feed: DriftFeed
     whole_input: str | None
     columns: tuple[tuple[str, str, int], ...]
-    outputs: tuple[tuple[str, str], ...]  # (profile output name, model output name)
+    output_slots: tuple[int, ...]  # per profiled output (in the profile's order), its index in the model's outputs
 
     def observe(self, inputs: Arrays, outputs: Sequence[tuple[str, npt.NDArray[Any]]]) -> None:
-        if self.whole_input is not None:
-            columns: Any = inputs[self.whole_input]
+        whole = self.whole_input
+        columns: Any = (
+            inputs[whole] if whole is not None
+            else {feature: _column(inputs[name], index) for feature, name, index in self.columns}
+        )
+        slots = self.output_slots
+        if not slots:
+            self.feed.add(columns)
+        elif len(slots) == 1:
+            self.feed.add_served(columns, (outputs[slots[0]][1],))
         else:
-            columns = {feature: _column(inputs[name], index) for feature, name, index in self.columns}
-        decided = None
-        if self.outputs:
-            by_name = dict(outputs)
-            decided = {profile: _decision(by_name[name]) for profile, name in self.outputs}
-        self.feed.add(columns, decided)
+            self.feed.add_served(columns, tuple([outputs[i][1] for i in slots]))
 
 
 def _column(array: npt.NDArray[Any], index: int) -> npt.NDArray[Any]:
     return array.reshape(array.shape[0], -1)[:, index]
-
-
-def _decision(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """One value per row: the column of a one-column output, else the arg-max class."""
-    flat = array.reshape(array.shape[0], -1)
-    return flat[:, 0] if flat.shape[1] == 1 else np.argmax(flat, axis=1)
 
 
 def watch_for(
@@ -64,7 +65,7 @@ def watch_for(
     if len(slots) != len(features):
         raise ValueError(f"the reference profiles {len(features)} features but the model has {len(slots)} input columns")
     whole = signature.inputs[0].name if len(signature.inputs) == 1 and signature.inputs[0].datatype != "BYTES" else None
-    model_outputs = {o.name for o in signature.outputs}
+    model_outputs = {o.name: i for i, o in enumerate(signature.outputs)}  # the order model.infer answers in
     missing = [o for o in outputs if o not in model_outputs]
     if missing:
         raise ValueError(f"the reference profiles outputs the model does not have: {', '.join(missing)}")
@@ -72,5 +73,5 @@ def watch_for(
         feed=feed,
         whole_input=whole,
         columns=tuple((f, name, i) for f, (name, i) in zip(features, slots, strict=True)),
-        outputs=tuple((o, o) for o in outputs),
+        output_slots=tuple(model_outputs[o] for o in outputs),
     )

@@ -270,6 +270,13 @@ class _Group:
                 np.copyto(out, np.broadcast_to(self.missing, out.shape), where=nan)
 
 
+def decision_column(array: npt.ArrayLike) -> npt.NDArray[Any]:
+    """One value per row of a model output: its only column, else the arg-max class (pure)."""
+    values = np.asarray(array)
+    flat = values.reshape(values.shape[0], -1) if values.ndim else values.reshape(1, 1)
+    return flat[:, 0] if flat.shape[1] == 1 else np.argmax(flat, axis=1)
+
+
 def _rows_of(columns: Columns) -> int:
     if isinstance(columns, np.ndarray):
         return int(columns.shape[0]) if columns.ndim else 1

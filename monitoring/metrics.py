@@ -7,6 +7,8 @@ request path touches are created once (see `RequestMetrics`) and cached on compi
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -82,6 +84,11 @@ class GatewayMetrics:
             "gateway_models_loaded", "Model versions loaded per process (the largest over live workers).",
             registry=r, multiprocess_mode="livemax",
         )
+        # Sampled, not counted per request: the path keeps a plain int (see `track_inflight`).
+        self.inflight = Gauge(
+            "gateway_inflight_requests", "Inference requests received and not yet answered (summed over live workers).",
+            registry=r, multiprocess_mode="livesum",
+        )
         self.registry_syncs = Counter(
             "gateway_registry_syncs", "Route/model syncs from the registry, by outcome (ok or error).",
             ["outcome"], registry=r,
@@ -123,6 +130,15 @@ class GatewayMetrics:
             "gateway_drift_flush_duration_seconds", "Time to bin queued rows, write them and close due drift windows.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+
+    def track_inflight(self, read: Callable[[], int]) -> bool:
+        """Export `read()` as gateway_inflight_requests. In one process it is read at scrape time
+        (True); with worker processes (PROMETHEUS_MULTIPROC_DIR) the value must be written to this
+        worker's file, so the caller samples it with `inflight.set` periodically (False)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return False
+        self.inflight.set_function(read)
+        return True
 
     def batch_observer(self, model: str, version: str) -> BatchObserver:
         """The batcher's per-batch callback, with its children bound once."""

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from monitoring.drift import BinCounts, ClosedWindow, Columns, DriftTracker
+from monitoring.drift import BinCounts, ClosedWindow, Columns, DriftTracker, decision_column
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 ROWS_FIELD = "__rows__"
 DEFAULT_PREFIX = "gateway:drift"
 DEFAULT_TTL_SECONDS = 3600
+
+
+Pending = Columns | tuple[npt.NDArray[Any], ...] | None
+"""A queued batch's outputs: none, decided columns, or the model's raw output arrays (a tuple)."""
 
 
 class CountSinkError(Exception):
@@ -251,7 +255,7 @@ class DriftFeed:
         self.settle_seconds = settle_seconds
         self.max_pending_rows = max_pending_rows
         self.dropped_rows = 0
-        self._pending: list[tuple[Columns, Columns | None, int]] = []
+        self._pending: list[tuple[Columns, Pending, int]] = []
         self._pending_rows = 0
         self._next_close: int | None = None
         self._waiting_since: dict[int, float] = {}
@@ -262,12 +266,21 @@ class DriftFeed:
 
     def add(self, columns: Columns, outputs: Columns | None = None) -> bool:
         """Queue a served batch (arrays are kept, not copied: don't mutate them); False if dropped as over the cap."""
-        n = _rows(columns)
-        if self._pending_rows + n > self.max_pending_rows:
-            self.dropped_rows += n
+        return self._queue(columns, outputs, _rows(columns))
+
+    def add_served(self, columns: Columns, raw_outputs: tuple[npt.NDArray[Any], ...]) -> bool:
+        """Like `add`, with the model's raw output arrays (one per tracked output, in the tracker's
+        order, batch dimension first); they are reduced to one decision per row at flush, on the
+        concatenated arrays, so the request path does no numpy work."""
+        rows = int(columns.shape[0]) if isinstance(columns, np.ndarray) and columns.ndim else _rows(columns)
+        return self._queue(columns, raw_outputs, rows)
+
+    def _queue(self, columns: Columns, outputs: Columns | tuple[npt.NDArray[Any], ...] | None, rows: int) -> bool:
+        if self._pending_rows + rows > self.max_pending_rows:
+            self.dropped_rows += rows
             return False
-        self._pending.append((columns, outputs, n))
-        self._pending_rows += n
+        self._pending.append((columns, outputs, rows))
+        self._pending_rows += rows
         return True
 
     async def flush(self, *, now: float, epoch: float) -> list[ClosedWindow]:
@@ -286,26 +299,37 @@ class DriftFeed:
             self.dropped_rows += slots.shape[0]
             raise
 
-    def _locate(self, pending: list[tuple[Columns, Columns | None, int]]) -> npt.NDArray[np.intp]:
+    def _locate(self, pending: list[tuple[Columns, Pending, int]]) -> npt.NDArray[np.intp]:
         # Batches are concatenated before binning, so numpy's per-call overhead is paid per flush,
         # not per request. A malformed batch (a missing column, a wrong width) is dropped and
         # counted alone: the others are binned one by one.
         tracker = self.tracker
-        bare = [columns for columns, outputs, _ in pending if outputs is None]
-        full = [(columns, outputs) for columns, outputs, _ in pending if outputs is not None]
+        names, out_names = tracker.feature_names, tracker.output_names
+        bare: list[Columns] = []
+        decided: list[tuple[Columns, Columns]] = []
+        raw: list[tuple[Columns, tuple[npt.NDArray[Any], ...]]] = []
+        for columns, outputs, _ in pending:
+            if outputs is None:
+                bare.append(columns)
+            elif type(outputs) is tuple:
+                raw.append((columns, outputs))
+            else:
+                decided.append((columns, outputs))  # type: ignore[arg-type]  # Columns, by elimination
         parts: list[npt.NDArray[np.intp]] = []
         try:
             if bare:
-                parts.append(tracker.locate(_concat(bare, tracker.feature_names)))
-            if full:
-                outputs = [o for _, o in full if o is not None]
-                parts.append(tracker.locate(_concat([c for c, _ in full], tracker.feature_names), _concat(outputs, tracker.output_names)))
-        except (ValueError, KeyError, TypeError):
+                parts.append(tracker.locate(_concat(bare, names)))
+            if decided:
+                parts.append(tracker.locate(_concat([c for c, _ in decided], names), _concat([o for _, o in decided], out_names)))
+            if raw:
+                parts.append(tracker.locate(_concat([c for c, _ in raw], names), _decide([o for _, o in raw], out_names)))
+        except (ValueError, KeyError, TypeError, IndexError):
             parts = []
-            for columns, outputs_, rows in pending:
+            for columns, outputs, rows in pending:
                 try:
-                    parts.append(tracker.locate(columns, outputs_))
-                except (ValueError, KeyError, TypeError):
+                    reduced = _decide([outputs], out_names) if type(outputs) is tuple else outputs
+                    parts.append(tracker.locate(columns, reduced))  # type: ignore[arg-type]
+                except (ValueError, KeyError, TypeError, IndexError):
                     self.dropped_rows += rows
         if not parts:
             return np.empty((0, len(tracker.columns)), np.intp)
@@ -386,7 +410,10 @@ def _concat(batches: Sequence[Columns], names: Sequence[str]) -> Columns:
         return batches[0]
     arrays = [b for b in batches if isinstance(b, np.ndarray)]
     if len(arrays) == len(batches):
-        return np.concatenate([_matrix(b) for b in arrays])
+        try:  # the common case: every batch already a 2-D matrix of the same width
+            return np.concatenate(arrays)
+        except ValueError:
+            return np.concatenate([_matrix(b) for b in arrays])
 
     def column(batch: Columns, index: int, name: str) -> npt.NDArray[Any]:
         if isinstance(batch, np.ndarray):
@@ -394,3 +421,13 @@ def _concat(batches: Sequence[Columns], names: Sequence[str]) -> Columns:
         return np.asarray(batch[name]).reshape(-1)
 
     return {name: np.concatenate([column(b, i, name) for b in batches]) for i, name in enumerate(names)}
+
+
+def _decide(raw: Sequence[tuple[npt.NDArray[Any], ...]], names: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+    """Raw output arrays of several batches as one decision column per tracked output."""
+    if any(len(outputs) != len(names) for outputs in raw):
+        raise ValueError(f"drift: expected {len(names)} raw outputs per batch")
+    return {
+        name: decision_column(raw[0][j] if len(raw) == 1 else np.concatenate([outputs[j] for outputs in raw]))
+        for j, name in enumerate(names)
+    }

@@ -277,6 +277,40 @@ class TestFeed:
         assert window.feature("f2").counts == expected.feature("f2").counts
 
 
+    def test_raw_outputs_reduce_like_decided_columns(self, backend: Backend) -> None:
+        """`add_served` with raw output arrays (one-column scores and multi-class probabilities), reduced at
+        flush, counts exactly what `add` with the decided columns counts; a batch with the wrong number
+        of raw outputs is dropped alone."""
+        rng = np.random.default_rng(12)
+        y = profile_from_sample(rng.uniform(size=1000))
+        k = profile_from_sample(rng.integers(0, 3, size=1000).astype(str))
+        rows = data(90, 13)
+        scores = rng.uniform(size=(90, 1))
+        probs = rng.dirichlet([1.0, 1.0, 1.0], size=90)
+
+        async def scenario(raw: bool) -> DriftFeed:
+            tracker = DriftTracker(PROFILES, WindowPolicy(rows=90), outputs={"y": y, "k": k})
+            feed = DriftFeed(tracker, backend.open(), key=f"raw-{raw}")
+            for lo in range(0, 90, 30):
+                if raw:
+                    feed.add_served(rows[lo : lo + 30], (scores[lo : lo + 30], probs[lo : lo + 30]))
+                else:
+                    decided = {"y": scores[lo : lo + 30, 0], "k": np.argmax(probs[lo : lo + 30], axis=1).astype(str)}
+                    feed.add(rows[lo : lo + 30], decided)
+            if raw:
+                feed.add_served(rows[:5], (scores[:5],))  # one output short: dropped, counted
+            await feed.flush(now=0.0, epoch=0.0)
+            await feed.sink.close()
+            return feed
+
+        raw_feed, decided_feed = run(lambda: scenario(True)), run(lambda: scenario(False))
+        assert raw_feed.dropped_rows == 5
+        [a], [b] = raw_feed.tracker.history(), decided_feed.tracker.history()
+        for name in ("f0", "f2", "y", "k"):
+            assert a.feature(name).counts == b.feature(name).counts, name
+        assert a.feature("k").n == 90
+
+
 class CountingConnection(Connection):
     """A real connection that counts its socket writes: one write is one round trip."""
 
