@@ -67,13 +67,18 @@ class RedisOnlineStore:
         self._pending: list[tuple[Lookups, asyncio.Future[list[Reply]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Bound on first read: asyncio.get_running_loop() makes a getpid() system call per call on
+        # CPython 3.11, which costs more than the rest of this method; the pool is loop-bound anyway.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def read(self, plan: ReadPlan, entity_keys: Sequence[Mapping[str, object]], now_ms: int) -> ReadResult:
         self._check_open()
         lookups = plan.lookups(entity_keys)
         if not lookups:
             return plan.decode([], len(entity_keys), now_ms)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Reply]] = loop.create_future()
         if not self._pending:
             # The first read of this loop turn schedules the flush; reads that run before it join.
@@ -84,7 +89,8 @@ class RedisOnlineStore:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._fetch(batch))
+        assert self._loop is not None  # scheduled by read()
+        task = self._loop.create_task(self._fetch(batch))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 

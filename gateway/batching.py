@@ -5,6 +5,10 @@ model idle runs at once (in the same event-loop turn as the requests that arrive
 that arrive while the model is busy queue and run stacked when it frees up. Times come from
 time.monotonic(): uvloop's loop.time() only advances once per loop iteration, in milliseconds. Each request keeps one
 future; no ids. A batch that fails is retried request by request, so one bad request fails alone.
+
+A request may carry a tap (drift tracking): after its batch ran, the tap sees the batch's stacked
+inputs and outputs once when every request of the batch carries the same tap (the common case), so
+per-request observers cost nothing per request; otherwise each request's own rows.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ RunFn = Callable[[Arrays], Arrays]
 Reason = Literal["idle", "full", "deadline"]
 # rows in the batch, seconds its oldest request waited, why it was released
 Observer = Callable[[int, float, Reason], None]
+# served inputs and outputs (model order), called on the event loop after a successful run
+Tap = Callable[[Arrays, Arrays], None]
+# per-request results, and the stacked inputs and outputs when the batch ran as one
+Ran = tuple[list["Arrays | BaseException"], Arrays | None, Arrays | None]
 
 
 class QueueFull(Exception):
@@ -74,6 +82,7 @@ class _Item:
     rows: int
     queued_at: float
     deadline: float | None  # time.monotonic(); past it the request is dropped from the queue unrun
+    tap: Tap | None = None
 
 
 class MicroBatcher:
@@ -114,21 +123,29 @@ class MicroBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self._in_flight = 0
+        # The loop it serves, bound once: asyncio.get_running_loop() makes a getpid() system call per
+        # call on CPython 3.11 (fork detection), measured at ~2 µs of CPU per request under load.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a loop: bound by the first submit
+            self._loop = None
 
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, arrays: Arrays, deadline: float | None = None) -> Arrays:
+    async def submit(self, arrays: Arrays, deadline: float | None = None, tap: Tap | None = None) -> Arrays:
         """Queue one request's inputs (validated, model order) and wait for its outputs.
         Raises QueueFull at once when the queue already holds max_queue_rows, and DeadlineExceeded
         when `deadline` (time.monotonic()) passes before its batch is taken."""
         rows = int(arrays[0].shape[0])
         if self._queued_rows + rows > self._max_queue_rows and self._pending:
             raise QueueFull(f"{self._queued_rows} rows already queued (limit {self._max_queue_rows})")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
-        self._pending.append(_Item(arrays, future, rows, monotonic(), deadline))
+        self._pending.append(_Item(arrays, future, rows, monotonic(), deadline, tap))
         self._queued_rows += rows
         if self._in_flight < self._concurrency and not self._scheduled:
             self._scheduled = True
@@ -187,7 +204,8 @@ class MicroBatcher:
     def _flush(self, reason: Reason) -> None:
         self._scheduled = False
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # scheduled by submit()
         now = monotonic()
         self._drop_abandoned(now)
         while self._pending and self._in_flight < self._concurrency:
@@ -201,22 +219,25 @@ class MicroBatcher:
             task = loop.run_in_executor(self._executor, self._run_batch, batch)
             task.add_done_callback(lambda done, batch=batch: self._after_executor_run(batch, done))  # type: ignore[misc]
 
-    def _after_executor_run(self, batch: list[_Item], done: asyncio.Future[list[Arrays | BaseException]]) -> None:
+    def _after_executor_run(self, batch: list[_Item], done: asyncio.Future[Ran]) -> None:
         self._in_flight -= 1
         exc = done.exception()
-        _deliver(batch, [exc] * len(batch) if exc is not None else done.result())
+        _deliver(batch, ([exc] * len(batch), None, None) if exc is not None else done.result())
         if self._pending and not self._scheduled:  # what queued during the run goes now
             self._flush("idle")
 
-    def _run_batch(self, batch: list[_Item]) -> list[Arrays | BaseException]:
+    def _run_batch(self, batch: list[_Item]) -> Ran:
         """Run a batch; on failure run its requests one by one so only the bad one fails."""
         if len(batch) == 1:
-            return [_call(self._run, batch[0].arrays)]
+            arrays = batch[0].arrays
+            result = _call(self._run, arrays)
+            return [result], arrays, None if isinstance(result, BaseException) else result
         stacked, sizes = stack_requests([item.arrays for item in batch])
         try:
-            return list(split_outputs(self._run(stacked), sizes))
+            outputs = self._run(stacked)
         except Exception:
-            return [_call(self._run, item.arrays) for item in batch]
+            return [_call(self._run, item.arrays) for item in batch], None, None
+        return list(split_outputs(outputs, sizes)), stacked, outputs
 
 
 def _call(run: RunFn, arrays: Arrays) -> Arrays | BaseException:
@@ -226,7 +247,8 @@ def _call(run: RunFn, arrays: Arrays) -> Arrays | BaseException:
         return exc
 
 
-def _deliver(batch: list[_Item], results: Sequence[Arrays | BaseException]) -> None:
+def _deliver(batch: list[_Item], ran: Ran) -> None:
+    results, stacked, outputs = ran
     for item, result in zip(batch, results, strict=True):
         if item.future.done():  # the caller went away (cancelled); nothing to deliver
             continue
@@ -234,3 +256,12 @@ def _deliver(batch: list[_Item], results: Sequence[Arrays | BaseException]) -> N
             item.future.set_exception(result)
         else:
             item.future.set_result(result)
+    tap = batch[0].tap
+    if outputs is not None and all(item.tap is tap for item in batch):
+        if tap is not None:
+            assert stacked is not None
+            tap(stacked, outputs)
+        return
+    for item, result in zip(batch, results, strict=True):  # mixed taps, or run one by one
+        if item.tap is not None and not isinstance(result, BaseException):
+            item.tap(item.arrays, result)

@@ -15,7 +15,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from prometheus_client import Counter
 
-from gateway.batching import Arrays, DeadlineExceeded, MicroBatcher, QueueFull, RunFn
+from gateway.batching import Arrays, DeadlineExceeded, MicroBatcher, QueueFull, RunFn, Tap
 from gateway.config import Config
 from gateway.errors import GatewayTimeout, InvalidInput, Overloaded
 from gateway.protocol.dtypes import numpy_dtype
@@ -48,14 +48,15 @@ class LoadedModel:
         return str(self.version)
 
     async def infer(
-        self, inputs: Mapping[str, npt.NDArray[np.generic]], deadline: float | None = None
+        self, inputs: Mapping[str, npt.NDArray[np.generic]], deadline: float | None = None, tap: Tap | None = None
     ) -> list[tuple[str, npt.NDArray[np.generic]]]:
         """Validate, queue for the batcher, and name the outputs. `deadline` is a time.monotonic() value: a request
-        still queued past it is dropped unrun, and one answered past it is abandoned (504).
+        still queued past it is dropped unrun, and one answered past it is abandoned (504). `tap` sees the
+        served rows (validated inputs and outputs, in model order) of the batch it ran in.
         Raises InvalidInput, Overloaded, GatewayTimeout."""
         arrays = self.validator.validate(inputs)
         try:
-            outputs = await self.batcher.submit(arrays, deadline)
+            outputs = await self.batcher.submit(arrays, deadline, tap)
         except QueueFull as exc:
             self.rejections.inc()
             raise Overloaded(f"model '{self.name}' version {self.version} is overloaded: {exc}") from exc

@@ -1,9 +1,10 @@
-"""Drift watching for one served version: picks the monitored columns out of the model's inputs and
-outputs and queues them on its DriftFeed after the answer is built (no numpy work, no I/O here).
+"""Drift watching for one served version: the batcher's tap (gateway/batching.py) for the arm.
 
-It runs once per request, so it only takes references: the whole input matrix when the monitored
-features are exactly its columns, and the raw output arrays by position. Reducing outputs to one
-decision per row happens at flush, on the concatenated arrays (monitoring/drift.py `decision_column`)."""
+After a batch ran, the tap picks the monitored columns out of the validated inputs and the outputs
+(model order) and queues them on the arm's DriftFeed. It runs once per batch, not per request, and
+only takes references: the whole input matrix when the monitored features are exactly its columns,
+and the raw output arrays by position. Reducing outputs to one decision per row happens at flush,
+on the concatenated arrays (monitoring/drift.py `decision_column`); no numpy work, no I/O here."""
 
 from __future__ import annotations
 
@@ -17,32 +18,31 @@ import numpy.typing as npt
 from monitoring.sinks import DriftFeed
 from registry.entities import Signature
 
-Arrays = Mapping[str, npt.NDArray[Any]]
-
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DriftWatch:
-    """`whole_input` names the one 2-D input whose columns are exactly the monitored features, in
-    order (the array is queued as is); otherwise `columns` maps each feature to (input, column)."""
+    """`whole_input` is the position of the one 2-D input whose columns are exactly the monitored
+    features, in order (the array is queued as is); otherwise `columns` maps each feature to
+    (input position, column)."""
 
     feed: DriftFeed
-    whole_input: str | None
-    columns: tuple[tuple[str, str, int], ...]
-    output_slots: tuple[int, ...]  # per profiled output (in the profile's order), its index in the model's outputs
+    whole_input: int | None
+    columns: tuple[tuple[str, int, int], ...]
+    output_slots: tuple[int, ...]  # per profiled output (in the profile's order), its position in the model's outputs
 
-    def observe(self, inputs: Arrays, outputs: Sequence[tuple[str, npt.NDArray[Any]]]) -> None:
+    def __call__(self, inputs: Sequence[npt.NDArray[Any]], outputs: Sequence[npt.NDArray[Any]]) -> None:
         whole = self.whole_input
         columns: Any = (
             inputs[whole] if whole is not None
-            else {feature: _column(inputs[name], index) for feature, name, index in self.columns}
+            else {feature: _column(inputs[position], index) for feature, position, index in self.columns}
         )
         slots = self.output_slots
         if not slots:
             self.feed.add(columns)
         elif len(slots) == 1:
-            self.feed.add_served(columns, (outputs[slots[0]][1],))
+            self.feed.add_served(columns, (outputs[slots[0]],))
         else:
-            self.feed.add_served(columns, tuple([outputs[i][1] for i in slots]))
+            self.feed.add_served(columns, tuple([outputs[i] for i in slots]))
 
 
 def _column(array: npt.NDArray[Any], index: int) -> npt.NDArray[Any]:
@@ -61,10 +61,10 @@ def watch_for(
         if spec.name not in widths:
             inner = [d for d in spec.shape[1:]]
             widths[spec.name] = int(np.prod(inner)) if inner and all(d > 0 for d in inner) else 1
-    slots = [(spec.name, i) for spec in signature.inputs for i in range(widths[spec.name])]
+    slots = [(position, i) for position, spec in enumerate(signature.inputs) for i in range(widths[spec.name])]
     if len(slots) != len(features):
         raise ValueError(f"the reference profiles {len(features)} features but the model has {len(slots)} input columns")
-    whole = signature.inputs[0].name if len(signature.inputs) == 1 and signature.inputs[0].datatype != "BYTES" else None
+    whole = 0 if len(signature.inputs) == 1 and signature.inputs[0].datatype != "BYTES" else None
     model_outputs = {o.name: i for i, o in enumerate(signature.outputs)}  # the order model.infer answers in
     missing = [o for o in outputs if o not in model_outputs]
     if missing:
@@ -72,6 +72,6 @@ def watch_for(
     return DriftWatch(
         feed=feed,
         whole_input=whole,
-        columns=tuple((f, name, i) for f, (name, i) in zip(features, slots, strict=True)),
+        columns=tuple((f, position, i) for f, (position, i) in zip(features, slots, strict=True)),
         output_slots=tuple(model_outputs[o] for o in outputs),
     )

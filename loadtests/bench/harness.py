@@ -147,7 +147,7 @@ def profiles_wanted(options: Options, checks: list[Check]) -> list[str]:
     failed = {c.name for c in checks if c.passed is False}
     wanted: list[str] = []
     if options.profile == "always" or any(n.startswith("small model") for n in failed):
-        wanted += [targets.SMALL_GATEWAY, targets.CEILING]
+        wanted += [targets.SMALL_GATEWAY, targets.GW_V1, targets.CEILING]  # GW_V1: the drift-off twin
     if options.profile == "always" or any(n.startswith("heavy model") for n in failed):
         wanted += [targets.GW_HEAVY]
     if options.profile == "always" or any(n.startswith("v2 binary") for n in failed):

@@ -253,3 +253,37 @@ class TestDeadlines:
         assert isinstance(doomed, DeadlineExceeded)
         assert not isinstance(first, BaseException) and not isinstance(patient, BaseException)
         assert ran == [1.0, 3.0], "the expired request was never run"
+
+
+class TestTaps:
+    @pytest.mark.parametrize("use_executor", [False, True])
+    def test_a_shared_tap_sees_each_batch_once_and_mixed_taps_see_their_own_rows(self, use_executor: bool) -> None:
+        """Requests of one batch with the same tap: one call with the stacked rows; with different taps
+        (or none), each tap sees exactly its own request's rows; a failed request is not tapped."""
+        seen: dict[str, list[tuple[list[float], list[float]]]] = {"a": [], "b": []}
+
+        def tap(name: str) -> object:
+            def observe(inputs: Arrays, outputs: Arrays) -> None:
+                seen[name].append((inputs[0][:, 0].tolist(), outputs[0][:, 0].tolist()))
+            return observe
+
+        a, b = tap("a"), tap("b")
+        bad = rows(1)
+        bad[0, 0] = np.nan
+
+        async def scenario() -> None:
+            with ThreadPoolExecutor(1) as pool:
+                batcher = MicroBatcher(doubling([]), max_batch_size=64, max_delay_s=0,  # type: ignore[arg-type]
+                                       executor=pool if use_executor else None)
+                await asyncio.gather(*(batcher.submit([rows(1, 3 * i)], tap=a) for i in range(4)))  # type: ignore[arg-type]
+                assert seen["a"] == [([0.0, 3.0, 6.0, 9.0], [0.0, 6.0, 12.0, 18.0])]
+                seen["a"].clear()
+                await asyncio.gather(
+                    batcher.submit([rows(1, 30)], tap=a), batcher.submit([rows(1, 60)], tap=b),  # type: ignore[arg-type]
+                    batcher.submit([rows(1, 90)]), batcher.submit([bad], tap=b),  # type: ignore[arg-type]
+                    return_exceptions=True,
+                )
+
+        asyncio.run(scenario())
+        assert seen["a"] == [([30.0], [60.0])]
+        assert seen["b"] == [([60.0], [120.0])]
