@@ -175,7 +175,7 @@ def register(name: str, file: Path, description: str, source: str | None, run_id
     model's input before anything is written; with --reference, so is the reference sample."""
     from registry.onnxinfo import inspect_onnx
     from registry.registration import register_model_file
-    from registry.serving import ServingMetadata
+    from registry.serving import VersionServing
 
     parsed: dict[str, str] = {}
     for tag in tags:
@@ -191,13 +191,9 @@ def register(name: str, file: Path, description: str, source: str | None, run_id
         if refs is not None:
             _check_declared(signature, refs, _stored_views(store))
         profile = _reference_profile(data, signature, refs, reference, bins) if reference is not None else None
+        # One transaction: a follower never sees the version without its features and profile.
         mv = register_model_file(store, artifacts, name, data, source=source, run_id=run_id,
-                                 description=description, tags=parsed)
-        meta = ServingMetadata(store)
-        if refs is not None:
-            meta.set_model_features(name, mv.version, refs)
-        if profile is not None:
-            meta.put_reference_profile(name, mv.version, profile)
+                                 description=description, tags=parsed, serving=VersionServing(refs, profile))
     except RegistryError as exc:
         raise click.ClickException(exc.message) from exc
     finally:
