@@ -65,6 +65,14 @@ def main() -> None:
 @click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True, help="Worker processes sharing the port.")
 @registry_options
 @click.option("--demo", is_flag=True, help="Register the demo models (churn, ticket_router) if they are missing.")
+@click.option("--artifact-source", default=None, metavar="URL",
+              help="Base URL of the registry service (`gateway registry serve`): model files missing from the "
+                   "local store are downloaded from it and checked against their registered sha256.")
+@click.option("--artifact-max-bytes", type=int, default=DEFAULTS.artifact_max_bytes, show_default=True,
+              help="Largest model file --artifact-source may deliver.")
+@click.option("--artifact-timeout", "artifact_timeout_s", envvar="GATEWAY_ARTIFACT_TIMEOUT", type=float,
+              default=DEFAULTS.artifact_timeout_s, show_default=True,
+              help="Seconds one model file download may take; a failed download is retried on a later sync.")
 @click.option("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads, show_default=True,
               help="onnxruntime threads per inference (0: onnxruntime decides).")
 @click.option("--inference-threads", type=int, default=DEFAULTS.inference_threads, show_default=True,
