@@ -5,6 +5,7 @@ and serve them; a tampered file is refused while the route keeps its previous ve
 from __future__ import annotations
 
 import hashlib
+import random
 import statistics
 import subprocess
 import sys
@@ -259,8 +260,10 @@ def test_route_changes_converge_on_both_replicas(
     for gw in replicas:
         wait_for(gw, "conv", "2", started)  # the newest version, until a route says otherwise
     delays: dict[str, list[float]] = {"A": [], "B": []}
+    rng = random.Random(8)
     for i in range(20):
         version = "1" if i % 2 == 0 else "2"
+        time.sleep(rng.uniform(0, float(POLL_S)))  # changes land at any phase of B's poll, as in production
         started = time.monotonic()
         r = httpx.put(f"{a.url}/admin/routes/conv", json={"model": "conv", "arms": [{"version": version, "weight": 1}]},
                       timeout=10)
