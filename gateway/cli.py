@@ -65,6 +65,14 @@ def main() -> None:
 @click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True, help="Worker processes sharing the port.")
 @registry_options
 @click.option("--demo", is_flag=True, help="Register the demo models (churn, ticket_router) if they are missing.")
+@click.option("--artifact-source", default=None, metavar="URL",
+              help="Base URL of the registry service (`gateway registry serve`): model files missing from the "
+                   "local store are downloaded from it and checked against their registered sha256.")
+@click.option("--artifact-max-bytes", type=int, default=DEFAULTS.artifact_max_bytes, show_default=True,
+              help="Largest model file --artifact-source may deliver.")
+@click.option("--artifact-timeout", "artifact_timeout_s", envvar="GATEWAY_ARTIFACT_TIMEOUT", type=float,
+              default=DEFAULTS.artifact_timeout_s, show_default=True,
+              help="Seconds one model file download may take; a failed download is retried on a later sync.")
 @click.option("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads, show_default=True,
               help="onnxruntime threads per inference (0: onnxruntime decides).")
 @click.option("--inference-threads", type=int, default=DEFAULTS.inference_threads, show_default=True,
@@ -175,7 +183,7 @@ def register(name: str, file: Path, description: str, source: str | None, run_id
     model's input before anything is written; with --reference, so is the reference sample."""
     from registry.onnxinfo import inspect_onnx
     from registry.registration import register_model_file
-    from registry.serving import ServingMetadata
+    from registry.serving import VersionServing
 
     parsed: dict[str, str] = {}
     for tag in tags:
@@ -191,13 +199,9 @@ def register(name: str, file: Path, description: str, source: str | None, run_id
         if refs is not None:
             _check_declared(signature, refs, _stored_views(store))
         profile = _reference_profile(data, signature, refs, reference, bins) if reference is not None else None
+        # One transaction: a follower never sees the version without its features and profile.
         mv = register_model_file(store, artifacts, name, data, source=source, run_id=run_id,
-                                 description=description, tags=parsed)
-        meta = ServingMetadata(store)
-        if refs is not None:
-            meta.set_model_features(name, mv.version, refs)
-        if profile is not None:
-            meta.put_reference_profile(name, mv.version, profile)
+                                 description=description, tags=parsed, serving=VersionServing(refs, profile))
     except RegistryError as exc:
         raise click.ClickException(exc.message) from exc
     finally:

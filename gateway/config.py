@@ -41,6 +41,11 @@ class Config:
     workers: int = 1
     data_dir: Path = Path(".gateway")
     registry_url: str | None = None  # None: SQLite under data_dir
+    # The registry service (`gateway registry serve`) base URL: model files missing from this replica's
+    # artifact store are fetched from it by sha256. None: every file must already be in the local store.
+    artifact_source: str | None = None
+    artifact_max_bytes: int = 2 * 1024**3  # a larger download is refused (ONNX protobufs stop at 2 GiB)
+    artifact_timeout_s: float = 300.0  # one whole download; past it the fetch fails and is retried later
     demo: bool = False
     intra_op_threads: int = 1  # onnxruntime threads per session.run
     inference_threads: int = 1  # executor threads for models too slow to run on the event loop
@@ -76,6 +81,8 @@ class Config:
             ("--max-body-bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("--poll-interval", 0.01 <= self.poll_interval_s <= 3600, "must be between 0.01 and 3600 seconds"),
             ("--graceful-timeout", self.graceful_timeout_s >= 0, "must be >= 0"),
+            ("--artifact-max-bytes", self.artifact_max_bytes >= 1, "must be at least 1"),
+            ("--artifact-timeout", 0 < self.artifact_timeout_s <= 86_400, "must be between 0 and 86400 seconds"),
             ("--feature-timeout-ms", 0 < self.feature_timeout_ms <= 60_000, "must be between 0 and 60000"),
             ("--drift-window-requests", self.drift_window_requests >= 1, "must be at least 1"),
             ("--drift-flush-interval", 0.01 <= self.drift_flush_interval_s <= 60, "must be between 0.01 and 60 seconds"),
@@ -97,6 +104,10 @@ class Config:
             raise ConfigError("--redis", f"{self.redis_url!r} is not a Redis URL (redis://host:port/db)")
         if self.registry_url is not None and "://" not in self.registry_url:
             raise ConfigError("--registry", f"{self.registry_url!r} is not a database URL (sqlite:///path or postgresql://...)")
+        if self.artifact_source is not None and not self.artifact_source.startswith(("http://", "https://")):
+            raise ConfigError(
+                "--artifact-source", f"{self.artifact_source!r} is not an http(s) URL of the registry service"
+            )
 
     @property
     def database_url(self) -> str:

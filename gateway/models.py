@@ -23,9 +23,15 @@ from gateway.protocol.v1 import PredictDecoder, compile_predict_decoder
 from gateway.signature import InputValidator, compile_validator
 from monitoring.metrics import GatewayMetrics
 from registry.artifacts import ArtifactStore
+from registry.client import RegistryClient
 from registry.entities import ModelVersion, Signature, TensorSpec
+from registry.errors import ArtifactFetchFailed
 
 log = logging.getLogger("gateway.models")
+# A failed download (--artifact-source) is retried after this delay, doubling per failure up to the cap,
+# so a tampered or oversized file is not downloaded again on every poll.
+FETCH_RETRY_FIRST_S = 1.0
+FETCH_RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -170,7 +176,11 @@ def load_model(
 
 
 class ModelPool:
-    """The loaded versions. Loads run in a thread, one at a time per version; failures are remembered."""
+    """The loaded versions. Loads run in a thread, one at a time per version; failures are remembered.
+
+    With `config.artifact_source`, a model file missing from the local store is first downloaded from the
+    registry service (in the same thread). A failed download is a failure too, but a retryable one:
+    `retry_due` turns true after a backoff, and the caller may then load again."""
 
     def __init__(self, artifacts: ArtifactStore, config: Config, executor: Executor, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
@@ -180,6 +190,11 @@ class ModelPool:
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
         self.failures: dict[tuple[str, int], str] = {}
+        self._source = (
+            RegistryClient(config.artifact_source, max_bytes=config.artifact_max_bytes, timeout_s=config.artifact_timeout_s)
+            if config.artifact_source is not None else None
+        )
+        self._retry: dict[tuple[str, int], tuple[float, int]] = {}  # key -> (monotonic time due, failures so far)
 
     def get(self, name: str, version: int) -> LoadedModel | None:
         return self._loaded.get((name, version))
@@ -198,19 +213,47 @@ class ModelPool:
         future: asyncio.Future[LoadedModel] = loop.create_future()
         self._loading[key] = future
         try:
-            model = await asyncio.to_thread(load_model, mv, self._artifacts, self._config, self._executor, self._metrics)
+            model = await asyncio.to_thread(self._fetch_and_load, mv)
         except Exception as exc:
             self.failures[key] = f"{type(exc).__name__}: {exc}"
-            log.error("failed to load %s v%d: %s", mv.name, mv.version, exc)
+            if isinstance(exc, ArtifactFetchFailed):
+                count = self._retry.get(key, (0.0, 0))[1] + 1
+                delay = min(FETCH_RETRY_FIRST_S * 2 ** (count - 1), FETCH_RETRY_MAX_S)
+                self._retry[key] = (monotonic() + delay, count)
+                log.error("failed to load %s v%d: %s (retrying in %.0f s)", mv.name, mv.version, exc, delay)
+            else:
+                log.error("failed to load %s v%d: %s", mv.name, mv.version, exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: the caller re-raises it below
             raise
         finally:
             del self._loading[key]
         self.failures.pop(key, None)
+        self._retry.pop(key, None)
         self._loaded[key] = model
         future.set_result(model)
         return model
+
+    def _fetch_and_load(self, mv: ModelVersion) -> LoadedModel:
+        """Blocking: download the file if this replica lacks it and has a source, then load it."""
+        if self._source is not None and not self._artifacts.exists(mv.artifact_sha256):
+            self._source.fetch_artifact(mv.artifact_sha256, self._artifacts)
+        return load_model(mv, self._artifacts, self._config, self._executor, self._metrics)
+
+    def retry_due(self, name: str, version: int) -> bool:
+        """True when the version's last load failed on its download and the backoff has passed."""
+        due = self._retry.get((name, version))
+        return due is not None and monotonic() >= due[0]
+
+    def any_retry_due(self) -> bool:
+        now = monotonic()
+        return any(now >= due for due, _ in self._retry.values())
+
+    def forget_fetch_failures(self, keep: set[tuple[str, int]]) -> None:
+        """Drop the failed downloads of versions outside `keep` (no longer needed): a later need tries afresh."""
+        for key in [k for k in self._retry if k not in keep]:
+            del self._retry[key]
+            self.failures.pop(key, None)
 
     def unload(self, name: str, version: int) -> None:
         """Forget a version; requests already holding it finish on their reference."""

@@ -143,6 +143,7 @@ class RegistryFollower:
         dataplane.bind = self.direct_bindings
         self._counter: int | None = None
         self._lock = asyncio.Lock()  # the poller and admin writes may both ask for a sync
+        self._needed: set[tuple[str, int]] = set()  # versions the current sync loads
         self.ready = asyncio.Event()
         self.last_error: str | None = None
 
@@ -153,6 +154,7 @@ class RegistryFollower:
             registry = await asyncio.to_thread(plan_registry, self._store)
             plans, self._extras, self._views = registry.routes, registry.extras, registry.views
             self._used_feeds = {}
+            self._needed = set()
             current = self._dataplane.snapshot.routes
             routes: dict[str, Route] = {}
             unavailable: dict[str, str] = {}
@@ -180,14 +182,18 @@ class RegistryFollower:
                 self._feeds = self._used_feeds
                 self._drift.swap(self._feeds.values())
             self._unload_unused(routes)
+            self._dataplane.pool.forget_fetch_failures(self._needed)
             self._counter = counter
             self._dataplane.metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
             self.ready.set()
 
     async def _load(self, mv: ModelVersion) -> LoadedModel:
         pool = self._dataplane.pool
+        self._needed.add((mv.name, mv.version))
         failure = pool.failures.get((mv.name, mv.version))
-        if failure is not None:  # a broken artifact stays broken: don't retry it on every change
+        # A broken artifact stays broken: don't retry it on every change. A failed download is retried
+        # once its backoff has passed (run() syncs then even without a registry change).
+        if failure is not None and not pool.retry_due(mv.name, mv.version):
             raise RuntimeError(f"version {mv.version} failed to load: {failure}")
         try:
             model = await pool.load(mv)
@@ -286,10 +292,15 @@ class RegistryFollower:
                 pool.unload(model.name, model.version)
 
     async def run(self) -> None:
-        """Sync now, then poll the change counter forever; a registry outage keeps the last snapshot."""
+        """Sync now, then poll the change counter forever (and sync when a failed download is due for a
+        retry); a registry outage keeps the last snapshot."""
         while True:
             try:
-                if self._counter is None or await asyncio.to_thread(self._store.change_counter) != self._counter:
+                if (
+                    self._counter is None
+                    or self._dataplane.pool.any_retry_due()
+                    or await asyncio.to_thread(self._store.change_counter) != self._counter
+                ):
                     await self.sync_once()
                     self._dataplane.metrics.registry_syncs.labels("ok").inc()
                 if self.last_error is not None:

@@ -33,6 +33,7 @@ log = logging.getLogger("registry.api")
 
 API = "/api/2.0/mlflow"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+BLOBS = "/api/2.0/gateway/blobs"  # GET BLOBS/<sha256>: a model file by content hash, for gateway replicas
 ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 # The one table from error code to HTTP status, as the real MLflow server answers.
@@ -127,6 +128,18 @@ class ArtifactProxy:
             return _bad_path(relpath, exc)
         return FileResponse(path)
 
+    async def blob(self, request: Request) -> Response:
+        """A content-addressed model file. Read-only; the digest must be 64 lowercase hex digits, so no
+        request names anything outside blobs/."""
+        digest = request.path_params["sha256"]
+        try:
+            path = self.artifacts.path_for(digest)
+            if not await run_in_threadpool(path.is_file):
+                raise ResourceDoesNotExist(f"Artifact {digest} not found")
+        except RegistryError as exc:
+            return error_response(exc.code, exc.message)
+        return FileResponse(path, media_type="application/octet-stream")
+
     async def list(self, request: Request) -> Response:
         relpath = request.query_params.get("path", "").strip("/")
         try:
@@ -143,9 +156,9 @@ class ArtifactProxy:
 
 
 def create_mlflow_routes(store: RegistryStore, artifacts: ArtifactStore) -> list[BaseRoute]:
-    """Routes for /api/2.0/mlflow/... and /api/2.0/mlflow-artifacts/..., ending in catch-alls that answer
-    404 ENDPOINT_NOT_FOUND (also for a known path with the wrong method, as MLflow does). Mount them
-    before any catch-all of the host app."""
+    """Routes for /api/2.0/mlflow/..., /api/2.0/mlflow-artifacts/... and the blob read under /api/2.0/gateway/,
+    ending in catch-alls that answer 404 ENDPOINT_NOT_FOUND (also for a known path with the wrong method, as
+    MLflow does). Mount them before any catch-all of the host app."""
     h = MlflowHandlers(store, artifacts)
     table: list[tuple[str, list[str], Handler]] = [
         ("/experiments/create", ["POST"], h.create_experiment),
@@ -199,7 +212,9 @@ def create_mlflow_routes(store: RegistryStore, artifacts: ArtifactStore) -> list
         Route(ARTIFACTS, proxy.list, methods=["GET"]),
         Route(ARTIFACTS + "/{path:path}", proxy.upload, methods=["PUT"]),
         Route(ARTIFACTS + "/{path:path}", proxy.download, methods=["GET"]),
+        Route(BLOBS + "/{sha256}", proxy.blob, methods=["GET"]),
         Route(API + "/{rest:path}", _not_found, methods=_ALL_METHODS),
+        Route("/api/2.0/gateway/{rest:path}", _not_found, methods=_ALL_METHODS),
         Route("/api/2.0/mlflow-artifacts/{rest:path}", _not_found, methods=_ALL_METHODS),
     ]
     return routes

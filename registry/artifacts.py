@@ -8,9 +8,10 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from registry.errors import InvalidArtifactPath, ResourceDoesNotExist
+from registry.errors import ArtifactFetchFailed, ArtifactMismatch, InvalidArtifactPath, ResourceDoesNotExist
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _TMP_PREFIX = ".tmp-"  # in-flight writes; never listed, never a valid blob name
@@ -75,6 +76,36 @@ class ArtifactStore:
         if not path.is_file():
             _write_atomic(path, data)
         return digest
+
+    def put_verified(self, sha256: str, chunks: Iterable[bytes], max_bytes: int) -> None:
+        """Store the blob `sha256` from `chunks` (a download): written to a temp file beside the blob,
+        hashed on the way, and renamed into place only when it hashes to `sha256`, so no reader ever
+        sees unverified bytes. Raises ArtifactMismatch, or ArtifactFetchFailed past `max_bytes`; what
+        `chunks` raises propagates. Nothing is left behind on failure."""
+        path = self.path_for(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        try:
+            digest, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ArtifactFetchFailed(f"Artifact {sha256} is larger than the limit of {max_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                if digest.hexdigest() != sha256:
+                    raise ArtifactMismatch(
+                        f"Artifact {sha256}: the {size} bytes received hash to {digest.hexdigest()}; discarded"
+                    )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if os.name == "posix":
+            _fsync_dir(path.parent)
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()

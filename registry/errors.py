@@ -6,7 +6,9 @@ RegistryError
  ├── InvalidParameterValue       INVALID_PARAMETER_VALUE
  │    ├── InvalidModelFile       (a corrupt or non-ONNX file at registration)
  │    └── InvalidArtifactPath    (a path that escapes the artifact root)
- └── StoreUnavailable            TEMPORARILY_UNAVAILABLE (the database cannot be reached)
+ ├── StoreUnavailable            TEMPORARILY_UNAVAILABLE (the database cannot be reached)
+ └── ArtifactFetchFailed         TEMPORARILY_UNAVAILABLE (the registry service did not deliver a model file)
+      └── ArtifactMismatch       (the delivered bytes do not hash to the registered sha256)
 """
 
 from __future__ import annotations
@@ -46,3 +48,14 @@ class InvalidArtifactPath(InvalidParameterValue):
 
 class StoreUnavailable(RegistryError):
     code = "TEMPORARILY_UNAVAILABLE"
+
+
+class ArtifactFetchFailed(RegistryError):
+    """A model file could not be fetched from the registry service (unreachable, error status, too large,
+    too slow); nothing was stored, and a later sync tries again."""
+
+    code = "TEMPORARILY_UNAVAILABLE"
+
+
+class ArtifactMismatch(ArtifactFetchFailed):
+    """The bytes delivered for a sha256 hash to something else; they were discarded unseen."""

@@ -1,4 +1,5 @@
-"""register_model_file: validate an ONNX file, store its blob, record the version; nothing half-written."""
+"""register_model_file: validate an ONNX file, store its blob, record the version with its serving
+metadata in one transaction; nothing half-written."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from registry.artifacts import ArtifactStore
 from registry.entities import ModelVersion
 from registry.onnxinfo import check_loadable, inspect_onnx
+from registry.serving import VersionServing
 from registry.store import RegistryStore
 
 
@@ -22,9 +24,11 @@ def register_model_file(
     description: str = "",
     tags: Mapping[str, str] | None = None,
     create_model: bool = True,
+    serving: VersionServing | None = None,
 ) -> ModelVersion:
     """Register `data` (ONNX bytes) as the next version of `name`, creating the model if needed (with
     `create_model`; otherwise a missing model raises ResourceDoesNotExist, as MLflow's create_model_version).
+    `serving` (declared features, reference profile) commits in the same transaction as the version.
 
     Raises InvalidModelFile before anything is written, and any store error after removing a blob
     this call added.
@@ -44,6 +48,7 @@ def register_model_file(
             description=description,
             tags=tags,
             create_model=create_model,
+            then=serving.write if serving is not None else None,
         )
     except BaseException:
         # A blob that an earlier version already uses must stay; only our own write is undone.

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from registry.entities import ModelVersion
 from registry.errors import InvalidParameterValue, ResourceDoesNotExist
 from registry.schema import feature_views, model_version_features, model_versions, reference_profiles
 from registry.store import RegistryStore, _bump_counter
@@ -35,6 +36,37 @@ def _encode(label: str, value: object) -> str:
     if len(text) > MAX_JSON_BYTES:
         raise InvalidParameterValue(f"{label} is larger than {MAX_JSON_BYTES} bytes")
     return text
+
+
+def _replace_features(conn: sa.Connection, name: str, version: int, refs: list[str]) -> None:
+    text = _encode("feature list", refs)
+    conn.execute(sa.delete(model_version_features).where(
+        model_version_features.c.name == name, model_version_features.c.version == version))
+    conn.execute(sa.insert(model_version_features).values(name=name, version=version, features=text))
+
+
+def _replace_profile(conn: sa.Connection, name: str, version: int, profile: dict[str, Any]) -> None:
+    text, now = _encode("reference profile", profile), now_ms()
+    conn.execute(sa.delete(reference_profiles).where(
+        reference_profiles.c.name == name, reference_profiles.c.version == version))
+    conn.execute(sa.insert(reference_profiles).values(name=name, version=version, profile=text, updated_ms=now))
+
+
+@dataclass(frozen=True, slots=True)
+class VersionServing:
+    """What a version is registered with beyond its file: declared features and a reference profile.
+    `write` is passed to RegistryStore.create_model_version (via register_model_file), so they commit in
+    the version's own transaction and a follower never sees the version without them."""
+
+    features: list[str] | None = None
+    profile: dict[str, Any] | None = None
+
+    def write(self, conn: sa.Connection, mv: ModelVersion) -> None:
+        """Raises InvalidParameterValue for a value too large to store (the version is then rolled back)."""
+        if self.features is not None:
+            _replace_features(conn, mv.name, mv.version, self.features)
+        if self.profile is not None:
+            _replace_profile(conn, mv.name, mv.version, self.profile)
 
 
 class ServingMetadata:
@@ -68,13 +100,11 @@ class ServingMetadata:
     # --- declared features -----------------------------------------------------------------------
 
     def set_model_features(self, name: str, version: int, refs: list[str]) -> None:
-        text = _encode("feature list", refs)
+        _encode("feature list", refs)  # too large: refused before the transaction
         with self.store.transaction(write=True) as conn:
             _bump_counter(conn)
             self._require_version(conn, name, version)
-            conn.execute(sa.delete(model_version_features).where(
-                model_version_features.c.name == name, model_version_features.c.version == version))
-            conn.execute(sa.insert(model_version_features).values(name=name, version=version, features=text))
+            _replace_features(conn, name, version, refs)
 
     def get_model_features(self, name: str, version: int) -> tuple[str, ...] | None:
         """The declared input features of a version, in input-column order; None if it declares none."""
@@ -86,13 +116,11 @@ class ServingMetadata:
     # --- reference profiles ----------------------------------------------------------------------
 
     def put_reference_profile(self, name: str, version: int, profile: dict[str, Any]) -> None:
-        text, now = _encode("reference profile", profile), now_ms()
+        _encode("reference profile", profile)  # too large: refused before the transaction
         with self.store.transaction(write=True) as conn:
             _bump_counter(conn)
             self._require_version(conn, name, version)
-            conn.execute(sa.delete(reference_profiles).where(
-                reference_profiles.c.name == name, reference_profiles.c.version == version))
-            conn.execute(sa.insert(reference_profiles).values(name=name, version=version, profile=text, updated_ms=now))
+            _replace_profile(conn, name, version, profile)
 
     def get_reference_profile(self, name: str, version: int) -> dict[str, Any] | None:
         with self.store.transaction() as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -360,11 +360,13 @@ class RegistryStore:
         description: str = "",
         tags: Mapping[str, str] | None = None,
         create_model: bool = True,
+        then: Callable[[Connection, ModelVersion], None] | None = None,
     ) -> ModelVersion:
-        """Add version max+1 of `name` in stage "None", creating the model first when `create_model`."""
+        """Add version max+1 of `name` in stage "None", creating the model first when `create_model`.
+        `then` writes what belongs with the version in the same transaction: if it raises, nothing is kept."""
         if not v.SHA256_RE.fullmatch(artifact_sha256):
             raise InvalidParameterValue(f"artifact_sha256 {artifact_sha256!r} is not 64 lowercase hex digits")
-        return self._add_version(name, artifact_sha256, signature, source, run_id, description, tags, create_model)
+        return self._add_version(name, artifact_sha256, signature, source, run_id, description, tags, create_model, then)
 
     def create_unservable_model_version(
         self,
@@ -391,6 +393,7 @@ class RegistryStore:
         description: str,
         tags: Mapping[str, str] | None,
         create_model: bool,
+        then: Callable[[Connection, ModelVersion], None] | None = None,
     ) -> ModelVersion:
         v.check_name(name)
         checked_tags = v.check_tags(tags)
@@ -417,7 +420,10 @@ class RegistryStore:
             try:
                 with self._tx() as conn:
                     _bump_counter(conn)
-                    return v.insert_version(conn, draft, create_model)
+                    mv = v.insert_version(conn, draft, create_model)
+                    if then is not None:
+                        then(conn, mv)
+                    return mv
             except exc.IntegrityError:
                 # Mutations serialise on the counter row, but a writer that bypasses this class could
                 # take the same number; start over with a fresh max.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from registry.artifacts import ArtifactStore
-from registry.errors import InvalidArtifactPath, ResourceDoesNotExist
+from registry.errors import ArtifactFetchFailed, ArtifactMismatch, InvalidArtifactPath, ResourceDoesNotExist
 
 
 def all_files(root: Path) -> list[str]:
@@ -61,6 +62,42 @@ class TestBlobs:
         """A second store on the same root sees the blobs of the first."""
         digest = ArtifactStore(tmp_path / "a").put_bytes(b"kept")
         assert ArtifactStore(tmp_path / "a").read_bytes(digest) == b"kept"
+
+
+class TestVerifiedWrites:
+    def test_chunks_that_hash_right_become_the_blob(self, artifact_store: ArtifactStore) -> None:
+        """Streamed chunks are stored under their digest once they hash to it."""
+        digest = hashlib.sha256(b"abcdef").hexdigest()
+        artifact_store.put_verified(digest, iter([b"abc", b"def"]), max_bytes=6)
+        assert artifact_store.read_bytes(digest) == b"abcdef"
+
+    @pytest.mark.parametrize(
+        ("chunks", "max_bytes", "error"),
+        [
+            ([b"abc", b"xyz"], 100, ArtifactMismatch),
+            ([b"abc", b"def"], 5, ArtifactFetchFailed),
+        ],
+    )
+    def test_wrong_or_oversized_bytes_leave_nothing(
+        self, artifact_store: ArtifactStore, chunks: list[bytes], max_bytes: int, error: type[Exception]
+    ) -> None:
+        """A mismatch or a stream past the limit raises and leaves neither the blob nor a temp file."""
+        digest = hashlib.sha256(b"abcdef").hexdigest()
+        with pytest.raises(error):
+            artifact_store.put_verified(digest, iter(chunks), max_bytes=max_bytes)
+        assert not artifact_store.exists(digest)
+        assert all_files(artifact_store.root) == []
+
+    def test_a_stream_that_breaks_leaves_nothing(self, artifact_store: ArtifactStore) -> None:
+        """What the chunk source raises (a dropped connection) propagates; the temp file is removed."""
+        def broken() -> Iterator[bytes]:
+            yield b"abc"
+            raise ConnectionResetError("peer went away")
+
+        digest = hashlib.sha256(b"abcdef").hexdigest()
+        with pytest.raises(ConnectionResetError):
+            artifact_store.put_verified(digest, broken(), max_bytes=100)
+        assert all_files(artifact_store.root) == []
 
 
 class TestFiles:

@@ -214,6 +214,22 @@ class TestRegisterWithFeatures:
         assert proc.returncode == 1 and "avg_amount" in proc.stderr
         assert versions(applied) == [] and blobs(applied) == []
 
+    def test_version_features_and_profile_are_one_registry_change(self, tmp_path: Path, applied: Path) -> None:
+        """`register --features --reference` moves the change counter once: replicas polling it see the
+        version together with its features and profile, never without them."""
+        ref = tmp_path / "ref.csv"
+        ref.write_text("age,tenure_months,avg_amount,amount\n30,2,10,1\n40,5,20,2\n50,9,30,3\n")
+        store, m = meta(applied)
+        try:
+            before = store.change_counter()
+            run_cli(applied, "models", "register", "fraud", str(fraud_file(tmp_path)), "--features", REFS,
+                    "--reference", str(ref))
+            assert store.change_counter() == before + 1
+            assert m.get_model_features("fraud", 1) == tuple(REFS.split(","))
+            assert m.get_reference_profile("fraud", 1) is not None
+        finally:
+            store.close()
+
     def test_profile_for_an_existing_version(self, tmp_path: Path, data_dir: Path) -> None:
         """`models profile` stores a profile over the model's input columns, named by the CSV header."""
         model = tmp_path / "m.onnx"

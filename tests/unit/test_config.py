@@ -26,6 +26,9 @@ class TestConfig:
             ("max_body_bytes", 10, "--max-body-bytes"),
             ("poll_interval_s", 0, "--poll-interval"),
             ("registry_url", "just-a-path", "--registry"),
+            ("artifact_source", "gateway-registry:5000", "--artifact-source"),
+            ("artifact_max_bytes", 0, "--artifact-max-bytes"),
+            ("artifact_timeout_s", 0, "--artifact-timeout"),
         ],
     )
     def test_invalid_values_name_the_flag(self, field: str, value: object, flag: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -388,6 +389,37 @@ class TestBundle:
         assert flags.keys() >= {"--host", "--port", "--registry"}
         assert int(flags["--port"]) in port_names(container)
         assert flags["--registry"] == "$(GATEWAY_REGISTRY_URL)"
+
+    def test_gateway_fetches_artifacts_from_the_registry_service(self, bundle: Bundle) -> None:
+        """GATEWAY_ARTIFACT_SOURCE names the Service in front of `registry serve`, on that Service's port, whose
+        targetPort is the registry's --port; the value is one Config accepts."""
+        env = {e["name"]: e for e in pod(bundle.gateway())["containers"][0]["env"]}
+        value = env["GATEWAY_ARTIFACT_SOURCE"]["value"]
+        assert Config(artifact_source=value).artifact_source == value
+        url = urlsplit(value)
+        assert url.scheme == "http" and url.path in ("", "/")
+        service = find(bundle.docs, "Service", str(url.hostname))
+        selector = service["spec"]["selector"]
+        (registry,) = [d for d in bundle.deployments()
+                       if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        container = pod(registry)["containers"][0]
+        assert container["args"][:2] == ["registry", "serve"]
+        (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+        flags = dict(zip(container["args"][2::2], container["args"][3::2], strict=True))
+        by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert by_name.get(port["targetPort"], port["targetPort"]) == int(flags["--port"])
+
+    def test_registry_keeps_its_artifacts_on_the_pvc(self, bundle: Bundle) -> None:
+        """The registry's data dir (where its artifact store lives) is a mounted PersistentVolumeClaim of the bundle;
+        the gateway's stays an emptyDir cache."""
+        (registry,) = [d for d in bundle.deployments() if pod(d)["containers"][0]["args"][:2] == ["registry", "serve"]]
+        data_dir = bundle.config()["GATEWAY_DATA_DIR"]
+        for deployment, kind in ((registry, "persistentVolumeClaim"), (bundle.gateway(), "emptyDir")):
+            (mount,) = [m for m in pod(deployment)["containers"][0]["volumeMounts"] if m["mountPath"] == data_dir]
+            (volume,) = [v for v in pod(deployment)["volumes"] if v["name"] == mount["name"]]
+            assert kind in volume
+        claim = next(v for v in pod(registry)["volumes"] if "persistentVolumeClaim" in v)["persistentVolumeClaim"]
+        find(bundle.docs, "PersistentVolumeClaim", claim["claimName"])
 
 
 # -- Dockerfile -------------------------------------------------------------------------------------------
