@@ -181,7 +181,10 @@ class RegistryFollower:
                 self._drift.swap(self._feeds.values())
             self._unload_unused(routes)
             self._counter = counter
-            self._dataplane.metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
+            metrics = self._dataplane.metrics
+            metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
+            metrics.registry_changes_applied.inc()
+            metrics.registry_last_sync.set_to_current_time()
             self.ready.set()
 
     async def _load(self, mv: ModelVersion) -> LoadedModel:
@@ -292,6 +295,7 @@ class RegistryFollower:
                 if self._counter is None or await asyncio.to_thread(self._store.change_counter) != self._counter:
                     await self.sync_once()
                     self._dataplane.metrics.registry_syncs.labels("ok").inc()
+                self._dataplane.metrics.registry_last_sync.set_to_current_time()  # in step with the registry now
                 if self.last_error is not None:
                     log.info("registry reachable again")
                 self.last_error = None
