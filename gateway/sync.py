@@ -184,7 +184,10 @@ class RegistryFollower:
             self._unload_unused(routes)
             self._dataplane.pool.forget_fetch_failures(self._needed)
             self._counter = counter
-            self._dataplane.metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
+            metrics = self._dataplane.metrics
+            metrics.models_loaded.set(len(self._dataplane.pool.loaded()))
+            metrics.registry_changes_applied.inc()
+            metrics.registry_last_sync.set_to_current_time()
             self.ready.set()
 
     async def _load(self, mv: ModelVersion) -> LoadedModel:
@@ -303,6 +306,7 @@ class RegistryFollower:
                 ):
                     await self.sync_once()
                     self._dataplane.metrics.registry_syncs.labels("ok").inc()
+                self._dataplane.metrics.registry_last_sync.set_to_current_time()  # in step with the registry now
                 if self.last_error is not None:
                     log.info("registry reachable again")
                 self.last_error = None

@@ -93,6 +93,20 @@ class GatewayMetrics:
             "gateway_registry_syncs", "Route/model syncs from the registry, by outcome (ok or error).",
             ["outcome"], registry=r,
         )
+        # Registry follower (gateway/sync.py). A timestamp rather than "seconds since", as Prometheus advises
+        # (https://prometheus.io/docs/instrumenting/writing_exporters/#timestamps-not-time-since): the lag is
+        # `time() - gateway_registry_last_sync_timestamp_seconds`, evaluated by Prometheus, so it keeps
+        # growing while the registry is down or the follower is stuck, and needs no scrape-time callback
+        # (which multiprocess mode cannot merge). `livemin`: with `serve --workers N` the stalest live worker.
+        self.registry_last_sync = Gauge(
+            "gateway_registry_last_sync_timestamp_seconds",
+            "Unix time of this process's last successful registry check (change counter read, and any change applied).",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.registry_changes_applied = Counter(
+            "gateway_registry_changes_applied",
+            "Registry changes applied: route tables recompiled from the registry and swapped in.", registry=r,
+        )
         self.features_defaulted = Counter(
             "gateway_features_defaulted", "Feature values served from the view's default (missing, stale, or store down).",
             ["route"], registry=r,

@@ -19,6 +19,9 @@ GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "gateway-dashboard.json"
 ALERTS = GRAFANA / "alerts.yaml"
 METRIC_NAME = re.compile(r"\bgateway_[a-z0-9_]+\b")
+# Queried before monitoring/metrics.py defines them: the in-flight gauge lands with gateway/inference.py's
+# change. Drop a name from here once it is exported; the test then holds it to the same check as the rest.
+NOT_YET_EXPORTED = {"gateway_inflight_requests"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
 
 
@@ -56,20 +59,34 @@ class TestDashboard:
         exported = exported_samples()
         used = {name for expr in dashboard_exprs() for name in METRIC_NAME.findall(expr)}
         assert used, "the dashboard queries no gateway_* metric"
-        assert used <= exported, f"not exported: {sorted(used - exported)}"
+        assert used - NOT_YET_EXPORTED <= exported, f"not exported: {sorted(used - NOT_YET_EXPORTED - exported)}"
 
     @pytest.mark.parametrize("metric", [
         "gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_batch_size_rows_count",
         "gateway_shadow_decision_agreement_ratio_sum", "gateway_drift_psi", "gateway_drift_status",
+        "gateway_inflight_requests", "gateway_registry_last_sync_timestamp_seconds",
+        "gateway_registry_changes_applied_total",
     ])
     def test_covers(self, metric: str) -> None:
-        """The dashboard shows the traffic split, latency percentiles, batch size, shadow agreement and PSI."""
+        """The dashboard shows the traffic split, latency percentiles, batch size, shadow agreement, PSI,
+        in-flight requests and the registry sync lag."""
         assert any(metric in expr for expr in dashboard_exprs())
 
     def test_panel_ids_are_unique(self) -> None:
         """Grafana needs distinct panel ids."""
         ids = [p["id"] for p in json.loads(DASHBOARD.read_text())["panels"]]
         assert len(ids) == len(set(ids))
+
+    def test_panels_tile_the_grid(self) -> None:
+        """Every panel lies inside Grafana's 24 columns and no two overlap (the render lays them out alike)."""
+        cells: dict[tuple[int, int], str] = {}
+        for panel in json.loads(DASHBOARD.read_text())["panels"]:
+            g = panel["gridPos"]
+            assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, panel["title"]
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                    cells[(x, y)] = panel["title"]
 
 
 class TestAlerts:
@@ -81,9 +98,10 @@ class TestAlerts:
 
     @pytest.mark.parametrize("metric", [
         "gateway_drift_status", "gateway_requests_total", "gateway_queue_rejections_total", "gateway_model_loads_total",
+        "gateway_registry_last_sync_timestamp_seconds",
     ])
     def test_covers(self, metric: str) -> None:
-        """There are rules for drift, error ratio, queue rejections and model load failures."""
+        """There are rules for drift, error ratio, queue rejections, model load failures and sync lag."""
         assert any(metric in rule["expr"] for rule in alert_rules())
 
     def test_rules_are_named_and_summarised(self) -> None:
