@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint clean bench bench-quick
+.PHONY: run test lint clean bench bench-quick dashboard
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(VENV)/.installed
 ## Smoke run of the benchmark (< 60 s); writes loadtests/results/bench-quick.md
 bench-quick: $(VENV)/.installed
 	$(BIN)/python -m loadtests.bench --quick
+
+## Render the Grafana dashboard from a real gateway's /metrics to docs/dashboard.png (matplotlib; ~2 min)
+dashboard: $(VENV)/.installed
+	$(PIP) install -e '.[docs]'
+	$(BIN)/python -m deploy.grafana.render --outage-postgres postgresql://postgres@127.0.0.1:5432/postgres
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache loadtests/bench/.venv
