@@ -22,7 +22,7 @@ from gateway.features import FeatureBinding
 from gateway.models import LoadedModel, ModelPool
 from gateway.routing import CompiledRoute, RoutePolicy, compile_route
 from gateway.watch import DriftWatch
-from monitoring.metrics import GatewayMetrics, RequestMetrics
+from monitoring.metrics import GatewayMetrics, RequestObserver
 from registry.entities import ModelVersion
 from registry.errors import ResourceDoesNotExist
 from registry.store import RegistryStore
@@ -38,8 +38,8 @@ class Arm:
     model: LoadedModel
     label: str
     raw_headers: tuple[tuple[bytes, bytes], ...]  # x-gateway-model, -model-version, -arm, as ASGI sends them
-    v1: RequestMetrics
-    v2: RequestMetrics
+    v1: RequestObserver
+    v2: RequestObserver
     features: FeatureBinding | None = None  # the version declares input features: fetch them per request
     drift: DriftWatch | None = None  # the version has reference profiles: count served inputs
 

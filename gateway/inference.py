@@ -262,5 +262,5 @@ class InferenceService:
             status, message = 500, f"internal error: {type(exc).__name__}"
         # only known routes become label values: callers must not be able to grow the series count
         route = name if name in self.dataplane.snapshot.routes else "unknown"
-        self.dataplane.metrics.requests.labels(route, "", "", protocol, str(status)).inc()
+        self.dataplane.metrics.count_error(route, "", "", protocol, str(status))
         return status, headers, render_error(message)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from monitoring.requests import DURATION, DURATION_DOC, REQUESTS, REQUESTS_DOC, ArmStats, RequestCounts
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RATIO_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
@@ -21,7 +23,8 @@ DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 @dataclass(frozen=True, slots=True)
 class RequestMetrics:
-    """The children one (route, arm, version, protocol) touches per successful request."""
+    """The children one (route, arm, version, protocol) touches per successful request, with worker
+    processes (in one process, `ArmStats` of monitoring/requests.py stands in for it)."""
 
     ok: Counter
     seconds: Histogram
@@ -45,20 +48,26 @@ class BatchObserver:
         self.reasons[reason].inc()
 
 
+RequestObserver = RequestMetrics | ArmStats  # what an arm observes a successful request on
+
+
 class GatewayMetrics:
     """All metric families; one instance per app, on a registry of its own (tests get fresh ones)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "gateway_requests", "Inference requests answered, by route, arm, served version, protocol and status code.",
-            ["route", "arm", "version", "protocol", "code"], registry=r,
-        )
-        self.request_seconds = Histogram(
-            "gateway_request_duration_seconds", "Time from request body received to response built, per route and arm.",
-            ["route", "arm", "version", "protocol"], buckets=LATENCY_BUCKETS, registry=r,
-        )
+        # The request path's two families: plain numbers exported at scrape in one process, prometheus-client
+        # objects (whose values live in the workers' files) with worker processes.
+        self.request_counts: RequestCounts | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.requests = Counter(REQUESTS, REQUESTS_DOC, ["route", "arm", "version", "protocol", "code"], registry=r)
+            self.request_seconds = Histogram(
+                DURATION, DURATION_DOC, ["route", "arm", "version", "protocol"], buckets=LATENCY_BUCKETS, registry=r,
+            )
+        else:
+            self.request_counts = RequestCounts(LATENCY_BUCKETS)
+            r.register(self.request_counts)
         self.batch_rows = Histogram(
             "gateway_batch_size_rows", "Rows per onnxruntime run (requests stacked by the micro-batcher).",
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
@@ -162,9 +171,18 @@ class GatewayMetrics:
             reasons={r: self.batches.labels(model, version, r) for r in ("idle", "full", "deadline")},
         )
 
-    def for_request(self, route: str, arm: str, version: str, protocol: str) -> RequestMetrics:
-        """Children for the success path; build once per compiled arm and protocol."""
+    def for_request(self, route: str, arm: str, version: str, protocol: str) -> RequestObserver:
+        """What the success path observes; build once per compiled arm and protocol."""
+        if self.request_counts is not None:
+            return self.request_counts.arm(route, arm, version, protocol)
         return RequestMetrics(
             ok=self.requests.labels(route, arm, version, protocol, "200"),
             seconds=self.request_seconds.labels(route, arm, version, protocol),
         )
+
+    def count_error(self, route: str, arm: str, version: str, protocol: str, code: str) -> None:
+        """An inference request answered with an error status (the cold path)."""
+        if self.request_counts is not None:
+            self.request_counts.error(route, arm, version, protocol, code)
+        else:
+            self.requests.labels(route, arm, version, protocol, code).inc()
