@@ -8,6 +8,7 @@ request path touches are created once (see `RequestMetrics`) and cached on compi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,6 +28,37 @@ class RequestMetrics:
     def observe(self, seconds: float) -> None:
         self.ok.inc()
         self.seconds.observe(seconds)
+
+    def failed(self) -> None:
+        """A request that failed after this arm was picked (its error is counted by status elsewhere)."""
+
+
+class ArmTap(Protocol):
+    """Per-arm counts a rollout watches (gateway/armstats.py ArmStats)."""
+
+    def served(self, seconds: float) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+class TapSource(Protocol):
+    def get(self, route: str, version: str) -> ArmTap | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TappedRequestMetrics(RequestMetrics):
+    """RequestMetrics that also feed a rollout's per-arm counts; built only for arms a rollout watches,
+    so other arms pay nothing for rollouts."""
+
+    tap: ArmTap
+
+    def observe(self, seconds: float) -> None:
+        self.ok.inc()
+        self.seconds.observe(seconds)
+        self.tap.served(seconds)
+
+    def failed(self) -> None:
+        self.tap.failed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +80,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.taps: TapSource | None = None  # set by the app: which (route, version)s a rollout watches
         r = self.registry
         self.requests = Counter(
             "gateway_requests", "Inference requests answered, by route, arm, served version, protocol and status code.",
@@ -123,6 +156,23 @@ class GatewayMetrics:
             "gateway_drift_flush_duration_seconds", "Time to bin queued rows, write them and close due drift windows.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        # Rollouts: set by the replica that drives each rollout (the others leave them unset).
+        self.rollout_steps = Counter(
+            "gateway_rollout_steps", "Rollout guard checks and their outcome: advanced, waiting (too few requests), "
+            "promoted, rolled_back, aborted.", ["rollout", "result"], registry=r,
+        )
+        self.rollout_candidate_weight = Gauge(
+            "gateway_rollout_candidate_weight", "Share of the route's traffic (percent) the rollout gives its candidate.",
+            ["rollout"], registry=r, multiprocess_mode="livemax",
+        )
+        self.rollout_state = Gauge(
+            "gateway_rollout_state", "1 for the rollout's current state (shadow, stepping, promoted, rolled_back, "
+            "aborted), 0 for the others.", ["rollout", "state"], registry=r, multiprocess_mode="livemax",
+        )
+        self.rollout_guard_value = Gauge(
+            "gateway_rollout_guard_value", "The figure of each rollout guard at its last check (error_rate, p99_ratio, "
+            "disagreement, psi).", ["rollout", "guard"], registry=r, multiprocess_mode="livemax",
+        )
 
     def batch_observer(self, model: str, version: str) -> BatchObserver:
         """The batcher's per-batch callback, with its children bound once."""
@@ -132,9 +182,10 @@ class GatewayMetrics:
             reasons={r: self.batches.labels(model, version, r) for r in ("idle", "full", "deadline")},
         )
 
-    def for_request(self, route: str, arm: str, version: str, protocol: str) -> RequestMetrics:
-        """Children for the success path; build once per compiled arm and protocol."""
-        return RequestMetrics(
-            ok=self.requests.labels(route, arm, version, protocol, "200"),
-            seconds=self.request_seconds.labels(route, arm, version, protocol),
-        )
+    def for_request(self, route: str, arm: str, version: str, protocol: str, *, tapped: bool = True) -> RequestMetrics:
+        """Children for the success path; build once per compiled arm and protocol. With `tapped`, an arm
+        whose (route, version) a rollout watches also feeds its counts."""
+        ok = self.requests.labels(route, arm, version, protocol, "200")
+        seconds = self.request_seconds.labels(route, arm, version, protocol)
+        tap = self.taps.get(route, version) if tapped and self.taps is not None else None
+        return RequestMetrics(ok, seconds) if tap is None else TappedRequestMetrics(ok, seconds, tap)
