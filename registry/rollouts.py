@@ -163,7 +163,9 @@ class RolloutStore:
             if _renew(conn, name, holder, now, ttl_ms, steal=True):
                 return True
             stmt = dialect_insert(conn, rollout_leases).values(name=name, holder=holder, expires_ms=now + ttl_ms)
-            return bool(conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"])).rowcount == 1)
+            # RETURNING, because psycopg reports no rowcount for INSERT ... ON CONFLICT DO NOTHING.
+            inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]).returning(rollout_leases.c.name))
+            return inserted.first() is not None
 
     def release(self, name: str, holder: str) -> None:
         with self.store.transaction(write=True) as conn:
@@ -186,7 +188,6 @@ class RolloutStore:
         with self.store.transaction(write=True) as conn:
             _bump_counter(conn)
             self._apply(conn, name, actor, now_ms(), change)
-            conn.execute(sa.delete(rollout_leases).where(rollout_leases.c.name == name))
 
     def _apply(self, conn: Connection, name: str, actor: str, now: int, change: Change) -> None:
         row = conn.execute(sa.select(rollouts.c.status, rollouts.c.model).where(rollouts.c.name == name)).first()
