@@ -61,9 +61,12 @@ class TestDashboard:
     @pytest.mark.parametrize("metric", [
         "gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_batch_size_rows_count",
         "gateway_shadow_decision_agreement_ratio_sum", "gateway_drift_psi", "gateway_drift_status",
+        "gateway_rollout_candidate_weight", "gateway_rollout_state", "gateway_rollout_guard_value",
+        "gateway_rollout_steps_total",
     ])
     def test_covers(self, metric: str) -> None:
-        """The dashboard shows the traffic split, latency percentiles, batch size, shadow agreement and PSI."""
+        """The dashboard shows the traffic split, latency percentiles, batch size, shadow agreement, PSI,
+        and each rollout's weight, state, guard figures and check results."""
         assert any(metric in expr for expr in dashboard_exprs())
 
     def test_panel_ids_are_unique(self) -> None:
