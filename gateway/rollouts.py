@@ -105,7 +105,11 @@ def prepare(store: RegistryStore, name: str, body: object) -> tuple[RolloutSpec,
         original = route.policy
         for shadow in route.policy.get("shadows", []):
             ref = shadow.get("version")
-            if ref is None or resolve("model", str(ref)) not in (stable, candidate):
+            try:
+                mirrored = store.resolve_version_ref(spec.model, str(ref)).version if ref is not None else None
+            except RegistryError:
+                mirrored = None  # unresolvable: the follower drops it as before
+            if mirrored not in (stable, candidate):
                 kept.append(shadow)  # a shadow of either version would mirror it twice
     if candidate == stable:
         raise InvalidPolicy(f"candidate: '{spec.candidate}' is version {stable}, which route '{name}' serves already")

@@ -316,6 +316,33 @@ class TestAdminAndCli:
         assert refused.returncode != 0 and "not running" in refused.stderr
 
 
+    @pytest.mark.parametrize(("arms", "candidate", "needle"), [
+        ([{"version": "1", "weight": 50}, {"version": "2", "weight": 50}], "2", "splits traffic over 2 arms"),
+        ([{"version": "2", "weight": 1}], "1", "a rollout starts from the champion"),
+    ])
+    def test_a_route_not_on_its_champion_alone_is_409(
+        self, admin: httpx.Client, arms: list[dict[str, Any]], candidate: str, needle: str
+    ) -> None:
+        """A route that splits traffic, or serves another version than champion, cannot start a rollout."""
+        assert admin.put("/admin/routes/busy", json={"model": "idle", "arms": arms}).status_code == 200
+        r = admin.put("/admin/rollouts/busy", json=spec("idle", candidate=candidate))
+        assert r.status_code == 409, r.text
+        assert needle in r.json()["error"]
+
+    def test_a_stored_policy_comes_back_exactly_on_abort(self, gw: GatewayProcess, admin: httpx.Client) -> None:
+        """A route with its own policy (another name than its model, a drift window) keeps its settings
+        through the shadow phase and gets the very same policy back on abort."""
+        original = {"model": "idle", "arms": [{"version": "champion", "weight": 1}], "split": "random",
+                    "shadows": [], "drift": {"window_requests": 50}}
+        assert admin.put("/admin/routes/idle-routed", json=original).status_code == 200
+        assert admin.put("/admin/rollouts/idle-routed", json=spec("idle", min_requests=10**6)).status_code == 201
+        wait_state(gw.url, "idle-routed", ("shadow",))
+        during = admin.get("/admin/routes/idle-routed").json()["policy"]
+        assert (during["drift"], during["shadows"]) == ({"window_requests": 50}, [{"version": "2", "sample": 1}])
+        assert admin.delete("/admin/rollouts/idle-routed").status_code == 200
+        assert admin.get("/admin/routes/idle-routed").json()["policy"] == original
+
+
 # --- restart and replicas ------------------------------------------------------------------------
 
 

@@ -6,7 +6,18 @@ from __future__ import annotations
 import pytest
 
 from gateway.armstats import ArmStats, StatsBoard
-from gateway.guards import GROWTH, LATENCY_EDGES, N_BUCKETS, ArmCounts, Limits, Side, Window, bucket_of, evaluate, quantile
+from gateway.guards import (
+    GROWTH,
+    LATENCY_EDGES,
+    N_BUCKETS,
+    ArmCounts,
+    Limits,
+    Side,
+    Window,
+    bucket_of,
+    evaluate,
+    quantile,
+)
 
 
 def side(requests: int, errors: int = 0, seconds: float = 0.001) -> Side:
