@@ -332,6 +332,7 @@ class RolloutDriver:
             change = Change(record.status, state, "resume", {"step": describe_step(run.step, spec.steps),
                                                              "weight": state.get("weight", 0)})
         await self._write(run, change)
+        log.info("rollout %s: driving it as replica %s (%s)", record.name, self.holder, change.action)
         await self.follower.sync_once()  # recompile the arms, now tapped
         self._restart_window(run, run.step)
         self._publish(record.name, change.status, int(state.get("weight", 0)))

@@ -9,6 +9,7 @@ once x[0] > 0.9) fails on exactly one request in 20.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -378,7 +379,8 @@ def test_a_restart_mid_rollout_resumes_it(tmp_path: Path) -> None:
 
 def test_two_replicas_never_both_drive_a_rollout(tmp_path: Path, fresh_postgres_url: str) -> None:
     """Two gateways on one PostgreSQL registry, traffic to both: one replica holds the lease and writes
-    every step; the other only follows the route changes (and serves the promoted version)."""
+    every step while the other follows. SIGKILLed during the 50% step, the driver's lease expires and
+    the survivor resumes and promotes: the two never write interleaved."""
     env = {"GATEWAY_REGISTRY_URL": fresh_postgres_url}
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -386,25 +388,26 @@ def test_two_replicas_never_both_drive_a_rollout(tmp_path: Path, fresh_postgres_
     a = start_gateway(shared, "--admin-token", TOKEN, **env)
     b = start_gateway(shared, "--admin-token", TOKEN, **env)
     try:
-        body = spec("replicated", min_requests=15, guards=NO_P99)
+        body = spec("replicated", min_requests=15, step_seconds=1.5, guards=NO_P99)
         assert httpx.put(f"{a.url}/admin/rollouts/replicated", json=body, headers=AUTH).status_code == 201
         with Traffic([a.url, b.url], "replicated"):
-            running = wait_state(b.url, "replicated", ("shadow", "stepping"))
-            view = wait_state(a.url, "replicated", FINAL)
+            running = wait_state(b.url, "replicated", ("stepping",), weight=50)
+            holder = running["driver"]["holder"]
+            driver, survivor = (a, b) if f"as replica {holder}" in a.output() else (b, a)
+            assert f"as replica {holder}" in driver.output() and "driving it" not in survivor.output()
+            driver.proc.send_signal(signal.SIGKILL)
+            driver.proc.wait(timeout=10)
+            view = wait_state(survivor.url, "replicated", FINAL)
         assert view["state"] == "promoted", (view["reason"], view["history"])
-        drivers = holders(events(view))
-        assert len(drivers) == 1
-        assert running["driver"]["holder"] in drivers
-        audit = httpx.get(f"{b.url}/admin/audit", params={"route": "replicated"}, headers=AUTH).json()["entries"]
-        assert {e["actor"] for e in audit} == {f"rollout:replicated@{drivers.pop()}"}
-        for gw in (a, b):
-            deadline = time.monotonic() + 5
-            while True:
-                r = httpx.post(f"{gw.url}/v1/models/replicated:predict", json={"instances": [[0.1, 0.2, 0.3, 0.4]]})
-                if r.headers["x-gateway-model-version"] == "2":
-                    break
-                assert time.monotonic() < deadline, f"{gw.url} still serves v1"
-                time.sleep(0.1)
+        actors = [e["actor"].rsplit("@", 1)[1] for e in view["history"][1:]]
+        taken = actors.index(next(x for x in actors if x != holder))
+        assert set(actors[:taken]) == {holder} and holder not in actors[taken:]  # one after the other
+        assert view["history"][1 + taken]["action"] == "resume"
+        assert len(holders(events(view))) == 2
+        audit = httpx.get(f"{survivor.url}/admin/audit", params={"route": "replicated"}, headers=AUTH).json()["entries"]
+        assert {e["actor"] for e in audit} <= {f"rollout:replicated@{h}" for h in holders(events(view))}
+        r = httpx.post(f"{survivor.url}/v1/models/replicated:predict", json={"instances": [[0.1, 0.2, 0.3, 0.4]]})
+        assert r.headers["x-gateway-model-version"] == "2"
     finally:
         a.stop()
         b.stop()
