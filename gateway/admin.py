@@ -15,11 +15,13 @@ from starlette.responses import Response
 from featurestore.views import FeatureView
 from gateway.config import Config
 from gateway.dataplane import DataPlane, Route
-from gateway.errors import Forbidden, InvalidInput, InvalidPolicy, RouteNotFound, Unauthorized
+from gateway.errors import Forbidden, InvalidInput, InvalidPolicy, NotFound, RouteNotFound, Unauthorized
+from gateway.rollouts import RolloutConflict, RolloutDriver, abort, prepare, rollout_view
 from gateway.routing import PolicyError, RoutePolicy, check_shadows_distinct
 from gateway.sync import RegistryFollower
-from registry.errors import RegistryError, ResourceDoesNotExist
+from registry.errors import RegistryError, ResourceAlreadyExists, ResourceDoesNotExist
 from registry.lineage import lineage
+from registry.rollouts import RolloutStore
 from registry.serving import ServingMetadata
 from registry.store import RegistryStore
 
@@ -98,6 +100,7 @@ class Admin:
     store: RegistryStore
     dataplane: DataPlane
     follower: RegistryFollower
+    rollouts: RolloutDriver | None = None  # set by the lifespan: woken when a rollout starts here
 
     def __init__(self, config: Config) -> None:
         self._token = config.admin_token.encode() if config.admin_token else None
@@ -202,6 +205,59 @@ class Admin:
             raise InvalidInput(f"limit: expected a positive integer, got {limit_text!r}")
         entries = await asyncio.to_thread(self.store.list_audit, route, int(limit_text))
         return _json({"entries": [e.to_dict() for e in entries]})
+
+
+    # --- guarded rollouts (gateway/rollouts.py drives them) ---
+
+    async def list_rollouts(self, request: Request) -> Response:
+        self._authorize(request)
+        records = await asyncio.to_thread(RolloutStore(self.store).list_rollouts)
+        return _json({"rollouts": [
+            {"name": r.name, "model": r.model, "state": r.status, "step": r.state.get("step"),
+             "weight": r.state.get("weight", 0), "candidate": r.state.get("candidate"), "stable": r.state.get("stable"),
+             "updated_ms": r.updated_ms} for r in records]})
+
+    async def get_rollout(self, request: Request) -> Response:
+        self._authorize(request)
+        return _json(await asyncio.to_thread(self._rollout_view, request.path_params["name"]))
+
+    def _rollout_view(self, name: str) -> dict[str, Any]:
+        rollouts = RolloutStore(self.store)
+        try:
+            record = rollouts.get(name)
+        except ResourceDoesNotExist as exc:
+            raise NotFound(f"rollout '{name}' does not exist") from exc
+        return rollout_view(record, rollouts.events(name), rollouts.lease(name))
+
+    async def put_rollout(self, request: Request) -> Response:
+        """Validate and store a rollout in state "pending"; a replica's driver starts it within a tick."""
+        actor = self._authorize(request)
+        name = request.path_params["name"]
+        body = await _json_body(request, "rollout")
+        try:
+            spec, state = await asyncio.to_thread(prepare, self.store, name, body)
+            await asyncio.to_thread(RolloutStore(self.store).create, name, spec.model, spec.to_dict(), state, actor)
+        except (RolloutConflict, ResourceAlreadyExists) as exc:
+            return _json({"error": exc.message}, 409)
+        if self.rollouts is not None:
+            self.rollouts.wake()
+        return _json(await asyncio.to_thread(self._rollout_view, name), 201)
+
+    async def delete_rollout(self, request: Request) -> Response:
+        """Abort: the route goes back to its original policy (0% candidate) at once."""
+        actor = self._authorize(request)
+        name = request.path_params["name"]
+        try:
+            await asyncio.to_thread(abort, self.store, name, actor)
+        except ResourceDoesNotExist as exc:
+            raise NotFound(f"rollout '{name}' does not exist") from exc
+        except RolloutConflict as exc:
+            return _json({"error": exc.message}, 409)
+        self.dataplane.metrics.rollout_steps.labels(name, "aborted").inc()
+        await self.follower.sync_once()
+        if self.rollouts is not None:
+            self.rollouts.wake()
+        return _json(await asyncio.to_thread(self._rollout_view, name))
 
 
 class WriteGuard:

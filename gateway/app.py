@@ -25,6 +25,7 @@ from featurestore.api import FeatureAPI, feature_routes
 from featurestore.errors import FeatureStoreError
 from featurestore.online import StoreOptions, open_online_store
 from gateway.admin import Admin, WriteGuard
+from gateway.armstats import StatsBoard
 from gateway.config import Config
 from gateway.dataplane import DataPlane
 from gateway.demo import seed_demo_features
@@ -35,6 +36,7 @@ from gateway.inference import InferenceLayer, InferenceService, InferenceSlot, R
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.openapi import openapi_json
+from gateway.rollouts import RolloutDriver
 from gateway.shadow import ShadowQueue
 from gateway.sync import RegistryFollower
 from monitoring.api import DriftEndpoint, MetricsEndpoint
@@ -114,6 +116,8 @@ def create_app(config: Config) -> Starlette:
     slot = InferenceSlot()
     admin = Admin(config)
     metrics = GatewayMetrics()
+    board = StatsBoard()  # per-arm counts of the versions a rollout watches
+    metrics.taps = board
     # Opening these does no I/O; the lifespan closes them.
     online = open_online_store(config.redis_url, StoreOptions(read_timeout_s=config.feature_timeout_ms / 1000))
     catalog = LiveCatalog()
@@ -136,7 +140,7 @@ def create_app(config: Config) -> Starlette:
         shadows = ShadowQueue(config.shadow_queue_size, config.shadow_workers, timeout=None)
         http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
         endpoints.attach(dataplane, follower)
-        mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s)
+        mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s, board)
         slot.serve = service = InferenceService(
             dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online
         )
@@ -144,6 +148,8 @@ def create_app(config: Config) -> Starlette:
         if not metrics.track_inflight(lambda: service.inflight):
             background.append(asyncio.create_task(sample_inflight(service, metrics), name="inflight-sampler"))
         admin.attach(store, dataplane, follower)
+        driver = RolloutDriver(store, follower, board, metrics, drift, config.poll_interval_s)
+        admin.rollouts = driver
         # The MLflow-compatible API needs the open store; the router reads its route list per request.
         app.router.routes.extend(create_mlflow_routes(store, artifacts))
         def start_draining() -> None:
@@ -159,14 +165,16 @@ def create_app(config: Config) -> Starlette:
                 log.warning("demo feature rows not written: %s", exc)
         follow = asyncio.create_task(follower.run(), name="registry-follower")
         flush = asyncio.create_task(flush_drift(drift, metrics, config.drift_flush_interval_s), name="drift-flush")
+        drive = asyncio.create_task(driver.run(), name="rollout-driver")
         try:
             yield
         finally:
             endpoints.draining = True
-            for task in (follow, flush, *background):
+            for task in (follow, flush, drive, *background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await driver.close()  # hand its leases back: another replica resumes at once
             await flush_once(drift, metrics)  # count what was served before the drain
             await online.close()
             await sink.close()
@@ -196,6 +204,10 @@ def create_app(config: Config) -> Starlette:
         Route("/admin/routes/{name}", admin.put_route, methods=["PUT"]),
         Route("/admin/routes/{name}", admin.delete_route, methods=["DELETE"]),
         Route("/admin/audit", admin.audit, methods=["GET"]),
+        Route("/admin/rollouts", admin.list_rollouts, methods=["GET"]),
+        Route("/admin/rollouts/{name}", admin.get_rollout, methods=["GET"]),
+        Route("/admin/rollouts/{name}", admin.put_rollout, methods=["PUT"]),
+        Route("/admin/rollouts/{name}", admin.delete_rollout, methods=["DELETE"]),
         Route("/admin/lineage/{model}/{version}", admin.lineage, methods=["GET"]),
         Route("/admin/features/views", admin.list_feature_views, methods=["GET"]),
         Route("/admin/features/views/{name}", admin.put_feature_view, methods=["PUT"]),

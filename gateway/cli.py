@@ -383,6 +383,124 @@ def audit(route: str | None, limit: int, data_dir: Path, registry_url: str | Non
         click.echo(orjson.dumps(entry.to_dict()).decode())
 
 
+# --- guarded rollouts: stored in the registry; a running gateway's driver steps them -------------
+
+
+@main.group()
+def rollouts() -> None:
+    """Start, watch and abort guarded rollouts (the gateways drive them from the registry)."""
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter("a comma-separated list of percentages, e.g. 10,50,100", param_hint="'--steps'") from exc
+
+
+def _rollout_line(view: dict[str, Any]) -> str:
+    return (f"{view['name']}  {view['state']}  step={view['phase']}  candidate v{view['candidate']['version']} "
+            f"at {view['weight']}%  stable v{view['stable']['version']}")
+
+
+@rollouts.command("start")
+@click.argument("name")
+@click.option("--model", default=None, help="The registered model the route NAME serves.")
+@click.option("--candidate", default=None, help="The version to roll out: number, alias or stage.")
+@click.option("--steps", default=None, help="Candidate weights in percent, e.g. 10,50,100.")
+@click.option("--step-seconds", type=float, default=None, help="How long each step (and the shadow phase) lasts.")
+@click.option("--min-requests", type=int, default=None, help="Candidate requests a step needs before its guards decide.")
+@click.option("--max-error-rate", type=float, default=None, help="Guard: candidate error rate (default 0.01).")
+@click.option("--max-p99-ratio", type=float, default=None, help="Guard: candidate p99 / stable p99 (default 1.5).")
+@click.option("--max-disagreement", type=float, default=None, help="Guard: share of differing decisions (default 0.05).")
+@click.option("--max-psi", type=float, default=None, help="Guard: PSI of the candidate's inputs (default 0.25).")
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON spec as PUT /admin/rollouts takes; flags override its fields.")
+@registry_options
+def start_rollout(name: str, model: str | None, candidate: str | None, steps: str | None, step_seconds: float | None,
+                  min_requests: int | None, max_error_rate: float | None, max_p99_ratio: float | None,
+                  max_disagreement: float | None, max_psi: float | None, file: Path | None,
+                  data_dir: Path, registry_url: str | None) -> None:
+    """Start a guarded rollout of route NAME (validated against the registry, audited)."""
+    from gateway.errors import GatewayError
+    from gateway.rollouts import RolloutConflict, prepare
+    from registry.rollouts import RolloutStore
+
+    spec: dict[str, Any] = {}
+    if file is not None:
+        loaded = _policy_json(None, file)
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("the spec must be a JSON object", param_hint="'--file'")
+        spec = loaded
+    flags = {"model": model, "candidate": candidate, "steps": _float_list(steps) if steps is not None else None,
+             "step_seconds": step_seconds, "min_requests": min_requests}
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    guards = {"max_error_rate": max_error_rate, "max_p99_ratio": max_p99_ratio,
+              "max_disagreement": max_disagreement, "max_psi": max_psi}
+    if any(v is not None for v in guards.values()):
+        spec["guards"] = {**spec.get("guards", {}), **{k: v for k, v in guards.items() if v is not None}}
+    store, _ = _open(data_dir, registry_url)
+    try:
+        checked, state = prepare(store, name, spec)
+        RolloutStore(store).create(name, checked.model, checked.to_dict(), state, _actor())
+    except (GatewayError, RegistryError, RolloutConflict) as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"rollout {name}: v{state['candidate']} over v{state['stable']} in steps "
+               f"{','.join(f'{s:g}' for s in checked.steps)} of {checked.step_seconds:g} s; a running gateway starts it")
+
+
+@rollouts.command("status")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the full state, guards and history as JSON.")
+@registry_options
+def rollout_status(name: str | None, as_json: bool, data_dir: Path, registry_url: str | None) -> None:
+    """Show rollout NAME (state, step, guards, history), or every rollout without NAME."""
+    from gateway.rollouts import rollout_view
+    from registry.rollouts import RolloutStore
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        rollouts = RolloutStore(store)
+        records = [rollouts.get(name)] if name is not None else rollouts.list_rollouts()
+        views = [rollout_view(r, rollouts.events(r.name), rollouts.lease(r.name)) for r in records]
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    for view in views:
+        if as_json:
+            click.echo(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+            continue
+        click.echo(_rollout_line(view))
+        if name is None:
+            continue
+        if view["reason"]:
+            click.echo(f"  reason: {orjson.dumps(view['reason']).decode()}")
+        for guard, result in (view["guards"] or {}).items():
+            click.echo(f"  {guard}: {result['status']} value={result['value']} limit={result['limit']}")
+        for event in view["history"]:
+            click.echo(f"  {_when(event['at_ms'])}  {event['action']}  {event.get('step', '')}  by {event['actor']}")
+
+
+@rollouts.command("abort")
+@click.argument("name")
+@registry_options
+def abort_rollout(name: str, data_dir: Path, registry_url: str | None) -> None:
+    """Abort rollout NAME: its route goes back to the policy it had before (0% candidate), audited."""
+    from gateway.rollouts import RolloutConflict, abort
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        record = abort(store, name, _actor())
+    except (RegistryError, RolloutConflict) as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"rollout {name}: {record.status}; route {name} is back on version {record.state['stable']}")
+
+
 # --- online features: views, ingestion, declared features and reference profiles ------------------
 
 NO_REDIS = (

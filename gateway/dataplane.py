@@ -71,8 +71,8 @@ def make_arm(
             (b"x-gateway-model-version", version.encode()),
             (b"x-gateway-arm", label.encode()),
         ),
-        v1=metrics.for_request(route, label, version, "v1"),
-        v2=metrics.for_request(route, label, version, "v2"),
+        v1=metrics.for_request(route, label, version, "v1", tapped=label != DIRECT_ARM),
+        v2=metrics.for_request(route, label, version, "v2", tapped=label != DIRECT_ARM),
     )
 
 
@@ -123,9 +123,11 @@ class DataPlane:
     def pick(self, route: Route, key: bytes | None) -> Arm:
         return route.arms[route.pick(key, self.random())]
 
-    def shadows_for(self, route: Route) -> list[ShadowTarget]:
+    def shadows_for(self, route: Route, arm: Arm) -> list[ShadowTarget]:
+        """The sampled shadows of one answered request, less any shadow of the version that answered it
+        (a rollout mirrors its stable version on the candidate arm only this way)."""
         draw = self.random
-        return route.sampled_shadows([draw() for _ in route.shadows])
+        return [s for s in route.sampled_shadows([draw() for _ in route.shadows]) if s.model is not arm.model]
 
     async def version(self, name: str, version: str) -> Arm:
         """A version addressed directly; loaded on first use (off the loop) and kept while pinned."""

@@ -81,6 +81,14 @@ class RequestHeaders:
                 self.sticky_key = value
 
 
+class ArmFailed(Exception):
+    """An error raised after an arm was picked, carrying the arm so the error is counted against it."""
+
+    def __init__(self, arm: Arm, error: Exception) -> None:
+        self.arm = arm
+        self.error = error
+
+
 class InferenceSlot:
     """Where the lifespan puts the InferenceService once the dataplane exists (Starlette builds its
     middleware lazily, so the layer cannot be handed the service directly)."""
@@ -138,6 +146,8 @@ class InferenceService:
                 arm, status, out_headers, content = await self._v2(name, version, headers, body, deadline)
             else:
                 arm, status, out_headers, content = await self._v1(name, version, headers, body, deadline)
+        except ArmFailed as failed:  # counted against the arm that was serving it
+            status, out_headers, content = self._error(name, protocol, failed.error, failed.arm)
         except Exception as exc:
             status, out_headers, content = self._error(name, protocol, exc)
         else:
@@ -212,45 +222,52 @@ class InferenceService:
             return sticky_key_of(inputs[field]) if field in inputs else None
 
         arm, route = await self._arm(name, version, key_of, headers.sticky_key)
-        model = arm.model
-        defaulted = -1
-        if arm.features is not None:
-            instances = instances_from_v2(request, arm.features.request_fields)
-            inputs, defaulted = await assemble(arm.features, self.online, instances)
-        elif route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
-            inputs = without_input(inputs, route.sticky_key)  # an entity field for routing, not a model input
-        outputs = await model.infer(inputs, deadline, arm.drift)
-        names, binary = v2.select_outputs(request, model.output_names)
-        chosen = outputs if len(names) == len(outputs) and not request.outputs else [(n, dict(outputs)[n]) for n in names]
-        content, json_length = v2.encode_infer_response(name, model.version_str, request.id, chosen, binary)
-        if route is not None and route.shadows:
-            self._mirror(route, inputs, outputs)
-        extra = [(DEFAULTED_HEADER, b"%d" % defaulted)] if defaulted >= 0 else []
-        if json_length is None:
-            return arm, 200, [JSON_HEADER, *arm.raw_headers, *extra], content
-        length = (b"inference-header-content-length", b"%d" % json_length)
-        return arm, 200, [BINARY_HEADER, length, *arm.raw_headers, *extra], content
+        try:
+            model = arm.model
+            defaulted = -1
+            if arm.features is not None:
+                instances = instances_from_v2(request, arm.features.request_fields)
+                inputs, defaulted = await assemble(arm.features, self.online, instances)
+            elif route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
+                inputs = without_input(inputs, route.sticky_key)  # an entity field for routing, not a model input
+            outputs = await model.infer(inputs, deadline, arm.drift)
+            names, binary = v2.select_outputs(request, model.output_names)
+            chosen = outputs if len(names) == len(outputs) and not request.outputs else [(n, dict(outputs)[n]) for n in names]
+            content, json_length = v2.encode_infer_response(name, model.version_str, request.id, chosen, binary)
+            if route is not None and route.shadows:
+                self._mirror(route, arm, inputs, outputs)
+            extra = [(DEFAULTED_HEADER, b"%d" % defaulted)] if defaulted >= 0 else []
+            if json_length is None:
+                return arm, 200, [JSON_HEADER, *arm.raw_headers, *extra], content
+            length = (b"inference-header-content-length", b"%d" % json_length)
+            return arm, 200, [BINARY_HEADER, length, *arm.raw_headers, *extra], content
+        except Exception as exc:  # zero-cost on success; tells __call__ which arm failed
+            raise ArmFailed(arm, exc) from None
 
     async def _v1(self, name: str, version: str | None, headers: RequestHeaders, body: bytes,
                   deadline: float) -> tuple[Arm, int, list[tuple[bytes, bytes]], bytes]:
         arm, route = await self._arm(name, version, None, headers.sticky_key)
-        if arm.features is not None:
-            inputs, defaulted = await assemble(arm.features, self.online, instances_from_v1(body))
-            extra = [(DEFAULTED_HEADER, b"%d" % defaulted)]
-        else:
-            inputs, extra = arm.model.decode_v1(body), []
-        outputs = await arm.model.infer(inputs, deadline, arm.drift)
-        content = v1.encode_predict(outputs)
-        if route is not None and route.shadows:
-            self._mirror(route, inputs, outputs)
-        return arm, 200, [JSON_HEADER, *arm.raw_headers, *extra], content
+        try:
+            if arm.features is not None:
+                inputs, defaulted = await assemble(arm.features, self.online, instances_from_v1(body))
+                extra = [(DEFAULTED_HEADER, b"%d" % defaulted)]
+            else:
+                inputs, extra = arm.model.decode_v1(body), []
+            outputs = await arm.model.infer(inputs, deadline, arm.drift)
+            content = v1.encode_predict(outputs)
+            if route is not None and route.shadows:
+                self._mirror(route, arm, inputs, outputs)
+            return arm, 200, [JSON_HEADER, *arm.raw_headers, *extra], content
+        except Exception as exc:
+            raise ArmFailed(arm, exc) from None
 
-    def _mirror(self, route: Route, inputs: Mapping[str, Any], outputs: list[tuple[str, Any]]) -> None:
-        targets = self.dataplane.shadows_for(route)
+    def _mirror(self, route: Route, arm: Arm, inputs: Mapping[str, Any], outputs: list[tuple[str, Any]]) -> None:
+        targets = self.dataplane.shadows_for(route, arm)
         if targets:
             self.mirror.offer(route.name, targets, inputs, outputs)
 
-    def _error(self, name: str, protocol: str, exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _error(self, name: str, protocol: str, exc: Exception,
+               arm: Arm | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         headers = [JSON_HEADER]
         if isinstance(exc, GatewayError | RegistryError | FeatureStoreError):
             status = status_for(exc)
@@ -262,5 +279,9 @@ class InferenceService:
             status, message = 500, f"internal error: {type(exc).__name__}"
         # only known routes become label values: callers must not be able to grow the series count
         route = name if name in self.dataplane.snapshot.routes else "unknown"
-        self.dataplane.metrics.count_error(route, "", "", protocol, str(status))
+        if arm is None:
+            self.dataplane.metrics.count_error(route, "", "", protocol, str(status))
+        else:
+            self.dataplane.metrics.count_error(route, arm.label, arm.model.version_str, protocol, str(status))
+            (arm.v2 if protocol == "v2" else arm.v1).failed()
         return status, headers, render_error(message)

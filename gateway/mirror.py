@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping, Sequence
+from time import perf_counter
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from gateway.armstats import StatsBoard
 from gateway.dataplane import ShadowTarget
 from gateway.protocol.dtypes import array_from_json, datatype_of
 from gateway.shadow import ShadowQueue, compare_outputs
@@ -51,11 +53,13 @@ def decode_v2_outputs(body: bytes) -> list[tuple[str, npt.NDArray[Any]]]:
 class Mirror:
     """Offers shadow copies without waiting for them; full queue -> dropped and counted."""
 
-    def __init__(self, queue: ShadowQueue, metrics: GatewayMetrics, http: httpx.AsyncClient, timeout_s: float) -> None:
+    def __init__(self, queue: ShadowQueue, metrics: GatewayMetrics, http: httpx.AsyncClient, timeout_s: float,
+                 board: StatsBoard | None = None) -> None:
         self.queue = queue
         self.metrics = metrics
         self.http = http
         self.timeout_s = timeout_s
+        self.board = board  # rollouts: per-(route, version) counts of the shadows they watch
 
     def offer(self, route: str, targets: Sequence[ShadowTarget], inputs: Mapping[str, npt.NDArray[Any]], outputs: Outputs) -> None:
         for target in targets:
@@ -65,6 +69,7 @@ class Mirror:
 
     async def _run(self, route: str, target: ShadowTarget, inputs: Mapping[str, npt.NDArray[Any]], primary: Outputs) -> None:
         outcome = "completed"
+        started = perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 shadow = await (self._remote(target.url, inputs) if target.url else self._local(target, inputs))
@@ -74,9 +79,15 @@ class Mirror:
             log.debug("shadow %s of route %s failed: %s", target.label, route, exc)
             outcome = "failed"
         self.metrics.shadow_requests.labels(route, target.label, outcome).inc()
+        stats = self.board.get(route, target.model.version_str) if self.board and target.model else None
         if outcome != "completed":
+            if stats is not None:
+                stats.shadowed(None)
             return
         comparison = compare_outputs(primary, shadow)
+        if stats is not None:
+            rows = primary[0][1].shape[0] if primary and primary[0][1].ndim else 1
+            stats.shadowed(perf_counter() - started, rows, comparison.agreement)
         if comparison.mean_abs_diff is None and comparison.agreement is None:
             self.metrics.shadow_mismatches.labels(route, target.label).inc()
             return

@@ -148,6 +148,28 @@ def _components() -> Schema:
                     "outputs": {"type": "array", "items": _ref("TensorMetadata")},
                 },
             },
+            "RolloutSpec": {
+                "type": "object",
+                "required": ["model", "candidate", "steps"],
+                "properties": {
+                    "model": {"type": "string"},
+                    "candidate": {"type": "string", "description": "version number, alias or stage"},
+                    "steps": {"type": "array", "minItems": 1, "maxItems": 20,
+                              "items": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 100}},
+                    "step_seconds": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+                    "min_requests": {"type": "integer", "minimum": 0},
+                    "mirror_sample": {"type": "number", "minimum": 0, "maximum": 1},
+                    "guards": {
+                        "type": "object",
+                        "properties": {
+                            "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+                            "max_p99_ratio": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "nullable": True},
+                            "max_disagreement": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+                            "max_psi": {"type": "number", "minimum": 0, "nullable": True},
+                        },
+                    },
+                },
+            },
             "RoutePolicy": {
                 "type": "object",
                 "required": ["model", "arms"],
@@ -277,6 +299,8 @@ def _admin_paths() -> Schema:
                     "503": "the registry database cannot be reached"}
     read_errors = {**_ADMIN_AUTH, "503": "the registry database cannot be reached"}
     route_view = _json(_ref("RouteView"), "the stored policy and what this replica serves")
+    rollout = _path("name", "the rollout's name: the route it drives")
+    rollout_view = _json(_ANY_OBJECT, "state, step, weight, each guard's last figures, history")
     return {
         "/admin/routes": {
             "get": _op("admin", "list routes", _json(_ANY_OBJECT, "{routes: [...]}"), read_errors),
@@ -287,6 +311,19 @@ def _admin_paths() -> Schema:
                        body=_body(_ref("RoutePolicy"))),
             "delete": _op("admin", "delete route policy", _json(_ANY_OBJECT, "{name, deleted}"),
                           {**read_errors, "404": "no stored policy"}, params=[route]),
+        },
+        "/admin/rollouts": {
+            "get": _op("admin", "list rollouts", _json(_ANY_OBJECT, "{rollouts: [...]}"), read_errors),
+        },
+        "/admin/rollouts/{name}": {
+            "get": _op("admin", "get rollout", rollout_view, {**read_errors, "400": "not a valid name",
+                                                              "404": "no such rollout"}, params=[rollout]),
+            "put": _op("admin", "start rollout", rollout_view, {**write_errors, "409": "a rollout of that route is "
+                       "running, or the route splits traffic / its champion is elsewhere"}, params=[rollout],
+                       body=_body(_ref("RolloutSpec")), ok_status="201"),
+            "delete": _op("admin", "abort rollout", rollout_view,
+                          {**read_errors, "400": "not a valid name", "404": "no such rollout",
+                           "409": "the rollout is not running"}, params=[rollout]),
         },
         "/admin/audit": {
             "get": _op("admin", "audit log", _json(_ANY_OBJECT, "{entries: [...]}"),

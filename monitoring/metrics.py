@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from monitoring.requests import DURATION, DURATION_DOC, REQUESTS, REQUESTS_DOC, ArmStats, RequestCounts
+from monitoring.requests import DURATION, DURATION_DOC, REQUESTS, REQUESTS_DOC, RequestCounts, RequestStats
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -24,7 +25,7 @@ DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 @dataclass(frozen=True, slots=True)
 class RequestMetrics:
     """The children one (route, arm, version, protocol) touches per successful request, with worker
-    processes (in one process, `ArmStats` of monitoring/requests.py stands in for it)."""
+    processes (in one process, `RequestStats` of monitoring/requests.py stands in for it)."""
 
     ok: Counter
     seconds: Histogram
@@ -32,6 +33,37 @@ class RequestMetrics:
     def observe(self, seconds: float) -> None:
         self.ok.inc()
         self.seconds.observe(seconds)
+
+    def failed(self) -> None:
+        """A request that failed after this arm was picked (its error is counted by status elsewhere)."""
+
+
+class ArmTap(Protocol):
+    """Per-arm counts a rollout watches (gateway/armstats.py ArmStats)."""
+
+    def served(self, seconds: float) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+class TapSource(Protocol):
+    def get(self, route: str, version: str) -> ArmTap | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TappedRequestMetrics:
+    """Request metrics that also feed a rollout's per-arm counts; built only for arms a rollout watches,
+    so other arms pay nothing for rollouts."""
+
+    base: RequestMetrics | RequestStats
+    tap: ArmTap
+
+    def observe(self, seconds: float) -> None:
+        self.base.observe(seconds)
+        self.tap.served(seconds)
+
+    def failed(self) -> None:
+        self.tap.failed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +80,7 @@ class BatchObserver:
         self.reasons[reason].inc()
 
 
-RequestObserver = RequestMetrics | ArmStats  # what an arm observes a successful request on
+RequestObserver = RequestMetrics | RequestStats | TappedRequestMetrics  # what an arm observes a request on
 
 
 class GatewayMetrics:
@@ -56,6 +88,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.taps: TapSource | None = None  # set by the app: which (route, version)s a rollout watches
         r = self.registry
         # The request path's two families: plain numbers exported at scrape in one process, prometheus-client
         # objects (whose values live in the workers' files) with worker processes.
@@ -153,6 +186,23 @@ class GatewayMetrics:
             "gateway_drift_flush_duration_seconds", "Time to bin queued rows, write them and close due drift windows.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        # Rollouts: set by the replica that drives each rollout (the others leave them unset).
+        self.rollout_steps = Counter(
+            "gateway_rollout_steps", "Rollout guard checks and their outcome: advanced, waiting (too few requests), "
+            "promoted, rolled_back, aborted.", ["rollout", "result"], registry=r,
+        )
+        self.rollout_candidate_weight = Gauge(
+            "gateway_rollout_candidate_weight", "Share of the route's traffic (percent) the rollout gives its candidate.",
+            ["rollout"], registry=r, multiprocess_mode="livemax",
+        )
+        self.rollout_state = Gauge(
+            "gateway_rollout_state", "1 for the rollout's current state (shadow, stepping, promoted, rolled_back, "
+            "aborted), 0 for the others.", ["rollout", "state"], registry=r, multiprocess_mode="livemax",
+        )
+        self.rollout_guard_value = Gauge(
+            "gateway_rollout_guard_value", "The figure of each rollout guard at its last check (error_rate, p99_ratio, "
+            "disagreement, psi).", ["rollout", "guard"], registry=r, multiprocess_mode="livemax",
+        )
 
     def track_inflight(self, read: Callable[[], int]) -> bool:
         """Export `read()` as gateway_inflight_requests. In one process it is read at scrape time
@@ -171,14 +221,17 @@ class GatewayMetrics:
             reasons={r: self.batches.labels(model, version, r) for r in ("idle", "full", "deadline")},
         )
 
-    def for_request(self, route: str, arm: str, version: str, protocol: str) -> RequestObserver:
-        """What the success path observes; build once per compiled arm and protocol."""
+    def for_request(self, route: str, arm: str, version: str, protocol: str, *, tapped: bool = True) -> RequestObserver:
+        """What the success path observes; build once per compiled arm and protocol. With `tapped`, an arm
+        whose (route, version) a rollout watches also feeds its counts."""
+        base: RequestMetrics | RequestStats
         if self.request_counts is not None:
-            return self.request_counts.arm(route, arm, version, protocol)
-        return RequestMetrics(
-            ok=self.requests.labels(route, arm, version, protocol, "200"),
-            seconds=self.request_seconds.labels(route, arm, version, protocol),
-        )
+            base = self.request_counts.arm(route, arm, version, protocol)
+        else:
+            base = RequestMetrics(self.requests.labels(route, arm, version, protocol, "200"),
+                                  self.request_seconds.labels(route, arm, version, protocol))
+        tap = self.taps.get(route, version) if tapped and self.taps is not None else None
+        return base if tap is None else TappedRequestMetrics(base, tap)
 
     def count_error(self, route: str, arm: str, version: str, protocol: str, code: str) -> None:
         """An inference request answered with an error status (the cold path)."""

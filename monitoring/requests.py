@@ -26,7 +26,7 @@ DURATION_DOC = "Time from request body received to response built, per route and
 ARM_LABELS = ("route", "arm", "version", "protocol")
 
 
-class ArmStats:
+class RequestStats:
     """Successful requests of one (route, arm, version, protocol): count, latency sum and buckets."""
 
     __slots__ = ("bounds", "buckets", "count", "total")
@@ -42,6 +42,9 @@ class ArmStats:
         self.total += seconds
         self.buckets[bisect_left(self.bounds, seconds)] += 1  # first bound >= seconds: Prometheus' `le`
 
+    def failed(self) -> None:
+        """A request that failed after its arm was picked: counted by status in `RequestCounts.error`."""
+
 
 class RequestCounts:
     """A custom collector for gateway_requests_total and gateway_request_duration_seconds."""
@@ -51,15 +54,15 @@ class RequestCounts:
         if not bounds or bounds[-1] != float("inf"):
             bounds.append(float("inf"))
         self.bounds = tuple(bounds)
-        self._ok: dict[tuple[str, str, str, str], ArmStats] = {}
+        self._ok: dict[tuple[str, str, str, str], RequestStats] = {}
         self._errors: dict[tuple[str, str, str, str, str], int] = {}
 
-    def arm(self, route: str, arm: str, version: str, protocol: str) -> ArmStats:
+    def arm(self, route: str, arm: str, version: str, protocol: str) -> RequestStats:
         """The stats of one label set; the same object for the same labels (recompiled routes keep counting)."""
         key = (route, arm, version, protocol)
         stats = self._ok.get(key)
         if stats is None:
-            stats = self._ok[key] = ArmStats(self.bounds)
+            stats = self._ok[key] = RequestStats(self.bounds)
         return stats
 
     def error(self, route: str, arm: str, version: str, protocol: str, code: str) -> None:

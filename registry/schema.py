@@ -351,3 +351,44 @@ reference_profiles = sa.Table(
         ["name", "version"], ["model_versions.name", "model_versions.version"], ondelete="CASCADE", onupdate="CASCADE"
     ),
 )
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+# One row per guarded rollout, named for the route it drives. `status` is the state's name (indexed:
+# every replica asks for the active ones each tick); `state` holds the rest as JSON.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("model", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # the validated spec as JSON
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # JSON: step, weight, versions, original policy, last guards
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Index(None, "status"),
+)
+
+# Which replica drives a rollout, until when. Taken and renewed by conditional UPDATE/INSERT.
+rollout_leases = sa.Table(
+    "rollout_leases",
+    metadata,
+    sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("holder", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+)
+
+# Append-only history of every rollout: start, resume, step, wait, promote, rollback, abort.
+rollout_events = sa.Table(
+    "rollout_events",
+    metadata,
+    sa.Column("id", _AUTO_ID, primary_key=True, autoincrement=True),
+    sa.Column("rollout", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON
+    sa.Index(None, "rollout", "id"),
+    sqlite_autoincrement=True,
+)

@@ -63,10 +63,13 @@ class TestDashboard:
         "gateway_shadow_decision_agreement_ratio_sum", "gateway_drift_psi", "gateway_drift_status",
         "gateway_inflight_requests", "gateway_registry_last_sync_timestamp_seconds",
         "gateway_registry_changes_applied_total",
+        "gateway_rollout_candidate_weight", "gateway_rollout_state", "gateway_rollout_guard_value",
+        "gateway_rollout_steps_total",
     ])
     def test_covers(self, metric: str) -> None:
         """The dashboard shows the traffic split, latency percentiles, batch size, shadow agreement, PSI,
-        in-flight requests and the registry sync lag."""
+        in-flight requests, the registry sync lag, and each rollout's weight, state, guard figures and
+        check results."""
         assert any(metric in expr for expr in dashboard_exprs())
 
     def test_panel_ids_are_unique(self) -> None:
