@@ -6,7 +6,8 @@ RegistryError
  ├── InvalidParameterValue       INVALID_PARAMETER_VALUE
  │    ├── InvalidModelFile       (a corrupt or non-ONNX file at registration)
  │    └── InvalidArtifactPath    (a path that escapes the artifact root)
- └── StoreUnavailable            TEMPORARILY_UNAVAILABLE (the database cannot be reached)
+ ├── StoreUnavailable            TEMPORARILY_UNAVAILABLE (the database cannot be reached)
+ └── ArtifactTooLarge            RESOURCE_EXHAUSTED (an upload over --max-artifact-bytes)
 """
 
 from __future__ import annotations
@@ -46,3 +47,7 @@ class InvalidArtifactPath(InvalidParameterValue):
 
 class StoreUnavailable(RegistryError):
     code = "TEMPORARILY_UNAVAILABLE"
+
+
+class ArtifactTooLarge(RegistryError):
+    code = "RESOURCE_EXHAUSTED"
