@@ -232,7 +232,8 @@ def test_writes_are_audited_by_token_name(cluster: Cluster) -> None:
 
 def test_registry_serve_alone_applies_roles_and_revokes(cluster: Cluster, tmp_path: Path) -> None:
     """`gateway registry serve` on the same registry: a deployer token promotes but may not create an
-    experiment (403), a missing one is 401, and a revoked token is refused after the next poll."""
+    experiment (403), a missing one is 401, and a new token is accepted and a revoked one refused after
+    its next poll."""
     port = free_port()
     env = cli_env(tmp_path, GATEWAY_REGISTRY_URL=cluster.database_url, GATEWAY_ADMIN_TOKEN=ADMIN,
                   GATEWAY_MAX_ARTIFACT_BYTES=str(MAX_ARTIFACT))
@@ -256,12 +257,16 @@ def test_registry_serve_alone_applies_roles_and_revokes(cluster: Cluster, tmp_pa
         assert r.status_code == 403 and r.json()["error_code"] == "PERMISSION_DENIED"
         token = cluster.create_token("registry-only", "deployer")
         auth = {"authorization": f"Bearer {token}"}
-        assert httpx.post(f"{url}/registered-models/alias", json=alias, headers=auth).status_code == 200
+
+        def wait_for(status: int) -> None:  # the token table is reloaded at most once per poll interval
+            started = time.monotonic()
+            while httpx.post(f"{url}/registered-models/alias", json=alias, headers=auth).status_code != status:
+                assert time.monotonic() - started < 10, f"registry serve never answered {status}"
+                time.sleep(0.05)
+
+        wait_for(200)
         cluster.a.cli("tokens", "revoke", "registry-only")
-        started = time.monotonic()
-        while httpx.post(f"{url}/registered-models/alias", json=alias, headers=auth).status_code != 401:
-            assert time.monotonic() - started < 10, "registry serve kept accepting a revoked token"
-            time.sleep(0.05)
+        wait_for(401)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
