@@ -39,7 +39,7 @@ class Principal:
 
     name: str
     role: Role
-    token_hash: str
+    token_hash: bytes  # the raw sha256 digest
 
     @property
     def actor(self) -> str:
@@ -50,29 +50,31 @@ class Principal:
         return f"Principal(name={self.name!r}, role={self.role!r})"
 
 
-def digest(token: bytes) -> str:
-    return hashlib.sha256(token).hexdigest()
+def digest(token: bytes) -> bytes:
+    """The raw sha256 of a token (the registry stores its hex form)."""
+    return hashlib.sha256(token).digest()
 
 
 class Keyring:
-    """The tokens this process accepts, as an immutable {sha256 hex: Principal} map swapped whole by
+    """The tokens this process accepts, as an immutable {sha256 digest: Principal} map swapped whole by
     reload() (the follower calls it whenever the registry's change counter moves)."""
 
     def __init__(self, admin_token: str | None) -> None:
-        self._bootstrap: dict[str, Principal] = {}
+        self._bootstrap: dict[bytes, Principal] = {}
         if admin_token:
             hashed = digest(admin_token.encode())
             self._bootstrap[hashed] = Principal(BOOTSTRAP_NAME, "admin", hashed)
-        self.table: Mapping[str, Principal] = MappingProxyType(dict(self._bootstrap))
+        self.table: Mapping[bytes, Principal] = MappingProxyType(dict(self._bootstrap))
 
     def reload(self, store: RegistryStore) -> None:
         """Blocking: read the active tokens from the registry and swap the table in one assignment."""
         table = dict(self._bootstrap)
         for token in TokenStore(store).active():
             try:
-                table.setdefault(token.token_hash, Principal(token.name, parse_role(token.role), token.token_hash))
-            except ValueError:  # the schema's check constraint makes this unreachable; never fail open
-                log.error("token %s has an unknown role and is ignored", token.name)
+                hashed = bytes.fromhex(token.token_hash)
+                table.setdefault(hashed, Principal(token.name, parse_role(token.role), hashed))
+            except ValueError:  # the schema's constraints make this unreachable; never fail open
+                log.error("token %s has an unknown role or a malformed hash and is ignored", token.name)
         self.table = MappingProxyType(table)
 
     def verify(self, token: bytes) -> Principal | None:

@@ -43,8 +43,11 @@ MLFLOW_PROMOTIONS = frozenset({"registered-models/alias", "model-versions/transi
 DEPLOYER_ADMIN_PREFIXES = ("/admin/routes/", "/admin/rollouts")
 
 
+RANK: dict[str, int] = {role: i for i, role in enumerate(ROLES)}
+
+
 def rank(role: Role) -> int:
-    return ROLES.index(role)
+    return RANK[role]
 
 
 def parse_role(text: str) -> Role:
@@ -88,7 +91,7 @@ def required_role(access: Access, require_api_key: bool) -> Role | None:
 
 
 def allows(role: Role, needed: Role) -> bool:
-    return rank(role) >= rank(needed)
+    return RANK[role] >= RANK[needed]
 
 
 def bearer_token(header: bytes | None) -> bytes | None:
