@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -121,6 +121,8 @@ class ArtifactProxy:
             return error_response(exc.code, exc.message)
         except OSError as exc:
             return _bad_path(relpath, exc)
+        except ClientDisconnect:  # the upload was aborted and removed; nobody reads this answer
+            return Response(b"", 400)
         return Response(b"", 200)  # what MLflow answers; the client only checks the status
 
     async def _receive(self, request: Request, upload: Upload) -> None:

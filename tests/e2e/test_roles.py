@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -298,6 +299,22 @@ def test_artifact_upload_limit(cluster: Cluster) -> None:
     r = cluster.call("PUT", f"{ARTIFACTS}/limit/streamed.bin", admin, content=chunks())
     assert r.status_code == 413 and r.json()["error_code"] == "RESOURCE_EXHAUSTED", r.text
     assert _left_in(cluster, "limit") == ["exact.bin"]
+
+
+def test_aborted_upload_leaves_nothing(cluster: Cluster) -> None:
+    """A client that declares 3,000 bytes, sends 1,000 and hangs up: no file and no temp file remain,
+    and the hang-up is not logged as a server error."""
+    head = (f"PUT {ARTIFACTS}/aborted/part.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3000\r\n"
+            f"Authorization: Bearer {cluster.tokens['admin']}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", cluster.a.port), timeout=10) as sock:
+        sock.sendall(head.encode() + bytes(1000))
+    # The gateway notices the hang-up asynchronously: wait (bounded) until its temp file is gone.
+    deadline = time.monotonic() + 10
+    while _left_in(cluster, "aborted"):
+        assert time.monotonic() < deadline, _left_in(cluster, "aborted")
+        time.sleep(0.05)
+    assert cluster.call("GET", f"{ARTIFACTS}/aborted/part.bin", cluster.tokens["reader"]).status_code == 404
+    assert "ClientDisconnect" not in cluster.a.output()
 
 
 # --- nothing leaks (last: it checks what the module did) -------------------------------------------
