@@ -1,11 +1,10 @@
-"""/admin/routes and /admin/audit: bearer-token auth (constant-time compare), policy validation
-against the registry, audited writes, and an immediate local resync (other replicas poll)."""
+"""/admin/routes and /admin/audit: policy validation against the registry, writes audited by the
+caller's token name, and an immediate local resync (other replicas poll). Who may call what is
+decided before these handlers run (gateway/access.py AccessGuard, table in gateway/authz.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from typing import Any
 
 import orjson
@@ -13,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from featurestore.views import FeatureView
-from gateway.config import Config
+from gateway.access import actor_of
 from gateway.dataplane import DataPlane, Route
-from gateway.errors import Forbidden, InvalidInput, InvalidPolicy, NotFound, RouteNotFound, Unauthorized
+from gateway.errors import InvalidInput, InvalidPolicy, NotFound, RouteNotFound
 from gateway.rollouts import RolloutConflict, RolloutDriver, abort, prepare, rollout_view
 from gateway.routing import PolicyError, RoutePolicy, check_shadows_distinct
 from gateway.sync import RegistryFollower
@@ -27,11 +26,6 @@ from registry.store import RegistryStore
 
 JSON = "application/json"
 MAX_POLICY_BYTES = 64 * 1024
-
-
-def token_id(token: str) -> str:
-    """How the audit names a token holder without storing the token."""
-    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def validate_policy(store: RegistryStore, spec: object) -> RoutePolicy:
@@ -102,36 +96,18 @@ class Admin:
     follower: RegistryFollower
     rollouts: RolloutDriver | None = None  # set by the lifespan: woken when a rollout starts here
 
-    def __init__(self, config: Config) -> None:
-        self._token = config.admin_token.encode() if config.admin_token else None
-        self._actor = token_id(config.admin_token) if config.admin_token else "local"
-
     def attach(self, store: RegistryStore, dataplane: DataPlane, follower: RegistryFollower) -> None:
         self.store = store
         self.dataplane = dataplane
         self.follower = follower
 
-    def _authorize(self, request: Request) -> str:
-        """The actor for the audit. 401 without a bearer token, 403 with the wrong one."""
-        if self._token is None:
-            return self._actor
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise Unauthorized("admin API: send 'Authorization: Bearer <GATEWAY_ADMIN_TOKEN>'")
-        if not hmac.compare_digest(given.strip().encode(), self._token):
-            raise Forbidden("admin API: the bearer token is not valid")
-        return self._actor
-
     async def list_routes(self, request: Request) -> Response:
-        self._authorize(request)
         stored = {r.name: r for r in await asyncio.to_thread(self.store.list_routes)}
         served = self.dataplane.snapshot.routes
         names = sorted(set(stored) | set(served) | set(self.dataplane.snapshot.unavailable))
         return _json({"routes": [self._view(name, stored.get(name)) for name in names]})
 
     async def get_route(self, request: Request) -> Response:
-        self._authorize(request)
         name = request.path_params["name"]
         try:
             record = await asyncio.to_thread(self.store.get_route, name)
@@ -153,7 +129,7 @@ class Admin:
         }
 
     async def put_route(self, request: Request) -> Response:
-        actor = self._authorize(request)
+        actor = actor_of(request.scope)
         name = request.path_params["name"]
         spec = await _json_body(request, "policy")
         policy = await asyncio.to_thread(validate_policy, self.store, spec)
@@ -163,7 +139,7 @@ class Admin:
         return await self.get_route(request)
 
     async def delete_route(self, request: Request) -> Response:
-        actor = self._authorize(request)
+        actor = actor_of(request.scope)
         name = request.path_params["name"]
         try:
             await asyncio.to_thread(self.store.delete_route, name, actor)
@@ -175,7 +151,6 @@ class Admin:
 
     async def lineage(self, request: Request) -> Response:
         """A served version -> its training run -> the datasets it was trained on."""
-        self._authorize(request)
         version = request.path_params["version"]
         if not version.isdigit():
             raise InvalidInput(f"version: expected a positive integer, got {version!r}")
@@ -183,13 +158,12 @@ class Admin:
         return _json(chain)
 
     async def list_feature_views(self, request: Request) -> Response:
-        self._authorize(request)
         records = await asyncio.to_thread(ServingMetadata(self.store).list_feature_views)
         return _json({"views": [r.to_dict() for r in records]})
 
     async def put_feature_view(self, request: Request) -> Response:
         """Validate with the feature store's own rules, store it (audited by actor), resync now."""
-        actor = self._authorize(request)
+        actor = actor_of(request.scope)
         name = request.path_params["name"]
         spec = await _json_body(request, "feature view")
         view = FeatureView.from_dict(name, spec)  # InvalidFeatureView -> 422
@@ -198,7 +172,6 @@ class Admin:
         return _json(record.to_dict())
 
     async def audit(self, request: Request) -> Response:
-        self._authorize(request)
         route = request.query_params.get("route")
         limit_text = request.query_params.get("limit", "100")
         if not limit_text.isdigit():
@@ -210,7 +183,6 @@ class Admin:
     # --- guarded rollouts (gateway/rollouts.py drives them) ---
 
     async def list_rollouts(self, request: Request) -> Response:
-        self._authorize(request)
         records = await asyncio.to_thread(RolloutStore(self.store).list_rollouts)
         return _json({"rollouts": [
             {"name": r.name, "model": r.model, "state": r.status, "step": r.state.get("step"),
@@ -218,7 +190,6 @@ class Admin:
              "updated_ms": r.updated_ms} for r in records]})
 
     async def get_rollout(self, request: Request) -> Response:
-        self._authorize(request)
         return _json(await asyncio.to_thread(self._rollout_view, request.path_params["name"]))
 
     def _rollout_view(self, name: str) -> dict[str, Any]:
@@ -231,7 +202,7 @@ class Admin:
 
     async def put_rollout(self, request: Request) -> Response:
         """Validate and store a rollout in state "pending"; a replica's driver starts it within a tick."""
-        actor = self._authorize(request)
+        actor = actor_of(request.scope)
         name = request.path_params["name"]
         body = await _json_body(request, "rollout")
         try:
@@ -245,7 +216,7 @@ class Admin:
 
     async def delete_rollout(self, request: Request) -> Response:
         """Abort: the route goes back to its original policy (0% candidate) at once."""
-        actor = self._authorize(request)
+        actor = actor_of(request.scope)
         name = request.path_params["name"]
         try:
             await asyncio.to_thread(abort, self.store, name, actor)
@@ -259,34 +230,3 @@ class Admin:
             self.rollouts.wake()
         return _json(await asyncio.to_thread(self._rollout_view, name))
 
-
-class WriteGuard:
-    """ASGI middleware: with a token configured, MLflow-API writes (anything but GET/HEAD under
-    /api/2.0/) need `Authorization: Bearer <token>`; the mlflow client sends it from MLFLOW_TRACKING_TOKEN.
-    Answers in MLflow's error shape so the client raises its usual RestException."""
-
-    def __init__(self, app: Any, token: str | None) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if (
-            self.token is not None and scope["type"] == "http" and scope["method"] not in ("GET", "HEAD")
-            and scope["path"].startswith("/api/2.0/")
-        ):
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            scheme, _, value = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not value:
-                await _deny(send, 401, "UNAUTHENTICATED", "send 'Authorization: Bearer <token>' (MLFLOW_TRACKING_TOKEN)")
-                return
-            if not hmac.compare_digest(value.strip(), self.token):
-                await _deny(send, 403, "PERMISSION_DENIED", "the bearer token is not valid")
-                return
-        await self.app(scope, receive, send)
-
-
-async def _deny(send: Any, status: int, code: str, message: str) -> None:
-    body = orjson.dumps({"error_code": code, "message": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

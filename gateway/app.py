@@ -24,7 +24,8 @@ from starlette.routing import Route
 from featurestore.api import FeatureAPI, feature_routes
 from featurestore.errors import FeatureStoreError
 from featurestore.online import StoreOptions, open_online_store
-from gateway.admin import Admin, WriteGuard
+from gateway.access import AccessGuard, Keyring
+from gateway.admin import Admin
 from gateway.armstats import StatsBoard
 from gateway.config import Config
 from gateway.dataplane import DataPlane
@@ -32,7 +33,7 @@ from gateway.demo import seed_demo_features
 from gateway.endpoints import JSON, Endpoints
 from gateway.errors import GatewayError, Overloaded, render_error, status_for
 from gateway.features import LiveCatalog
-from gateway.inference import InferenceLayer, InferenceService, InferenceSlot, Receive, Scope, Send
+from gateway.inference import ASGIApp, InferenceLayer, InferenceService, InferenceSlot, Receive, Scope, Send
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.openapi import openapi_json
@@ -114,7 +115,8 @@ async def sample_inflight(service: InferenceService, metrics: GatewayMetrics, in
 def create_app(config: Config) -> Starlette:
     endpoints = Endpoints(config)
     slot = InferenceSlot()
-    admin = Admin(config)
+    admin = Admin()
+    keyring = Keyring(config.admin_token)
     metrics = GatewayMetrics()
     board = StatsBoard()  # per-arm counts of the versions a rollout watches
     metrics.taps = board
@@ -128,13 +130,14 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(RegistryStore, config.database_url)
+        await asyncio.to_thread(keyring.reload, store)  # tokens are valid from the first request
         executor = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="inference")
         artifacts = ArtifactStore(config.artifacts_dir)
         pool = ModelPool(artifacts, config, executor, metrics)
         dataplane = DataPlane(store, pool, metrics)
         follower = RegistryFollower(
             store, dataplane, config.poll_interval_s,
-            drift=drift, sink=sink, window=WindowPolicy(rows=config.drift_window_requests),
+            drift=drift, sink=sink, window=WindowPolicy(rows=config.drift_window_requests), keyring=keyring,
         )
         catalog.source = lambda: follower.views
         shadows = ShadowQueue(config.shadow_queue_size, config.shadow_workers, timeout=None)
@@ -142,7 +145,8 @@ def create_app(config: Config) -> Starlette:
         endpoints.attach(dataplane, follower)
         mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s, board)
         slot.serve = service = InferenceService(
-            dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online
+            dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online,
+            keyring=keyring if config.require_api_key else None,
         )
         background: list[asyncio.Task[None]] = []
         if not metrics.track_inflight(lambda: service.inflight):
@@ -151,7 +155,7 @@ def create_app(config: Config) -> Starlette:
         driver = RolloutDriver(store, follower, board, metrics, drift, config.poll_interval_s)
         admin.rollouts = driver
         # The MLflow-compatible API needs the open store; the router reads its route list per request.
-        app.router.routes.extend(create_mlflow_routes(store, artifacts))
+        app.router.routes.extend(create_mlflow_routes(store, artifacts, max_artifact_bytes=config.max_artifact_bytes))
         def start_draining() -> None:
             endpoints.draining = True
             log.info("draining: /v2/health/ready now answers 503; finishing in-flight requests")
@@ -214,7 +218,7 @@ def create_app(config: Config) -> Starlette:
     ]
     return GatewayApp(
         slot,
-        config.admin_token,
+        lambda app: AccessGuard(app, keyring, enabled=config.access_control, require_api_key=config.require_api_key),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -227,9 +231,10 @@ class GatewayApp(Starlette):
     """Starlette, with inference paths answered before its middleware stack: the hot path pays for
     no error middleware, router or Request object (gateway/inference.py renders its own errors)."""
 
-    def __init__(self, slot: InferenceSlot, admin_token: str | None, **kwargs: Any) -> None:
+    def __init__(self, slot: InferenceSlot, guard: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        """`guard` wraps Starlette in the access check; inference does its own (API keys)."""
         super().__init__(**kwargs)
-        self.inference = InferenceLayer(WriteGuard(super().__call__, admin_token), slot=slot)
+        self.inference = InferenceLayer(guard(super().__call__), slot=slot)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.inference(scope, receive, send)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from gateway.authz import ROLES
 from gateway.config import Config, ConfigError
 from registry.entities import STAGES
 from registry.errors import RegistryError
@@ -105,7 +106,12 @@ def main() -> None:
               default=DEFAULTS.drift_flush_interval_s, show_default=True,
               help="Seconds between drift count flushes (binning and merging off the request path).")
 @click.option("--admin-token", default=None, metavar="TOKEN",
-              help="Bearer token for /admin (required when --host is not a loopback address).")
+              help="Bootstrap admin token (role admin); with it, /admin and writes need a token of the right role. "
+                   "Required when --host is not a loopback address.")
+@click.option("--require-api-key", is_flag=True, default=DEFAULTS.require_api_key,
+              help="Inference, metadata, /monitoring and MLflow reads need 'Authorization: Bearer <token>' (any role).")
+@click.option("--max-artifact-bytes", type=int, default=DEFAULTS.max_artifact_bytes, show_default=True,
+              help="Larger MLflow artifact uploads get 413 and leave nothing behind.")
 @click.option("--shadow-queue-size", type=int, default=DEFAULTS.shadow_queue_size, show_default=True,
               help="Shadow copies waiting beyond this are dropped and counted.")
 @click.option("--shadow-workers", type=int, default=DEFAULTS.shadow_workers, show_default=True,
@@ -139,18 +145,26 @@ def registry() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=5000, show_default=True, help="Port to bind.")
 @click.option("--admin-token", envvar="GATEWAY_ADMIN_TOKEN", default=None, metavar="TOKEN",
-              help="Bearer token required for writes (required when --host is not a loopback address).")
+              help="Bootstrap admin token; with it, writes need a token of the right role (required when --host "
+                   "is not a loopback address).")
+@click.option("--max-artifact-bytes", envvar="GATEWAY_MAX_ARTIFACT_BYTES", type=int,
+              default=DEFAULTS.max_artifact_bytes, show_default=True, help="Larger artifact uploads get 413.")
 @registry_options
-def registry_serve(host: str, port: int, admin_token: str | None, data_dir: Path, registry_url: str | None) -> None:
+def registry_serve(host: str, port: int, admin_token: str | None, max_artifact_bytes: int, data_dir: Path,
+                   registry_url: str | None) -> None:
     """Serve /api/2.0/mlflow and /api/2.0/mlflow-artifacts (mlflow.set_tracking_uri("http://HOST:PORT"))."""
     import uvicorn
 
-    from gateway.admin import WriteGuard
+    from gateway.access import AccessGuard, Keyring, PollingRefresh
     from registry.api import create_registry_app
 
-    config = _config(data_dir=data_dir, registry_url=registry_url, host=host, port=port, admin_token=admin_token)
+    config = _config(data_dir=data_dir, registry_url=registry_url, host=host, port=port, admin_token=admin_token,
+                     max_artifact_bytes=max_artifact_bytes)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = WriteGuard(create_registry_app(config.database_url, config.artifacts_dir), config.admin_token)
+    registry_app = create_registry_app(config.database_url, config.artifacts_dir, max_artifact_bytes=max_artifact_bytes)
+    keyring = Keyring(config.admin_token)
+    refresh = PollingRefresh(keyring, registry_app.state.store, config.poll_interval_s)
+    app = AccessGuard(registry_app, keyring, enabled=config.access_control, require_api_key=False, refresh=refresh)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, server_header=False)
 
 
@@ -842,3 +856,86 @@ async def _ingest(view: Any, file: Path, redis_url: str, batch_size: int, timest
         await online.close()
     click.echo(f"ingested {report.rows:,} rows into {view.name} in {report.batches:,} batches: "
                f"{report.seconds:.2f} s, {report.rows_per_second:,.0f} rows/s")
+
+
+# --- access tokens ---------------------------------------------------------------------------------
+
+
+@main.group()
+def tokens() -> None:
+    """Create, list and revoke API tokens (stored hashed in the registry; gateways follow within a poll)."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True,
+              help="reader: reads and inference; deployer: also routes, rollouts, promotions; admin: every write.")
+@registry_options
+def create_token(name: str, role: str, data_dir: Path, registry_url: str | None) -> None:
+    """Create token NAME and print it once: only its sha256 is stored, so it cannot be shown again."""
+    from registry.tokens import TokenStore
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        record, token = TokenStore(store).create(name, role, _actor())
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"created token {record.name} (role {record.role}); store it now, it is not shown again:", err=True)
+    click.echo(token)
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per token.")
+@registry_options
+def list_tokens(as_json: bool, data_dir: Path, registry_url: str | None) -> None:
+    """List tokens by name: role, when and by whom created, whether revoked (never the tokens)."""
+    from registry.tokens import TokenStore
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        records = TokenStore(store).list_tokens()
+    finally:
+        store.close()
+    for record in records:
+        if as_json:
+            click.echo(orjson.dumps(record.to_dict()).decode())
+            continue
+        state = f"revoked {_when(record.revoked_ms)}" if record.revoked_ms is not None else "active"
+        click.echo(f"{record.name}  role={record.role}  created={_when(record.created_ms)} by {record.created_by}  {state}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@registry_options
+def revoke_token(name: str, data_dir: Path, registry_url: str | None) -> None:
+    """Revoke token NAME; every gateway refuses it after its next registry poll."""
+    from registry.tokens import TokenStore
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        TokenStore(store).revoke(name, _actor())
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    click.echo(f"token {name}: revoked")
+
+
+@tokens.command("audit")
+@click.option("--limit", type=int, default=20, show_default=True)
+@registry_options
+def token_audit(limit: int, data_dir: Path, registry_url: str | None) -> None:
+    """Show token creates and revokes, newest first: which token, role, who, when."""
+    from registry.tokens import TokenStore
+
+    store, _ = _open(data_dir, registry_url)
+    try:
+        entries = TokenStore(store).audit(limit)
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    for entry in entries:
+        click.echo(orjson.dumps(entry.to_dict()).decode())

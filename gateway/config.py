@@ -62,7 +62,9 @@ class Config:
     feature_timeout_ms: float = 50.0  # one online-store read; past it the route's policy decides (503 or defaults)
     drift_window_requests: int = 1000  # the default drift window when a route's policy sets none
     drift_flush_interval_s: float = 0.25  # how often queued drift rows are binned and merged
-    admin_token: str | None = None  # required for /admin when bound to a non-loopback address
+    admin_token: str | None = None  # the bootstrap admin credential; required on a non-loopback address
+    require_api_key: bool = False  # inference, metadata and reads need a bearer token of any role
+    max_artifact_bytes: int = 1024**3  # larger MLflow artifact uploads get 413 and leave nothing behind
     shadow_queue_size: int = 1024  # shadow copies waiting beyond this are dropped (and counted)
     shadow_workers: int = 2
     shadow_timeout_s: float = 5.0
@@ -89,6 +91,7 @@ class Config:
             ("--shadow-queue-size", self.shadow_queue_size >= 1, "must be at least 1"),
             ("--shadow-workers", self.shadow_workers >= 1, "must be at least 1"),
             ("--shadow-timeout", self.shadow_timeout_s > 0, "must be > 0"),
+            ("--max-artifact-bytes", self.max_artifact_bytes >= 1, "must be at least 1"),
             ("--admin-token", self.admin_token is None or len(self.admin_token) >= 16,
              "must be at least 16 characters"),
         ]
@@ -108,6 +111,11 @@ class Config:
             raise ConfigError(
                 "--artifact-source", f"{self.artifact_source!r} is not an http(s) URL of the registry service"
             )
+
+    @property
+    def access_control(self) -> bool:
+        """Whether requests are checked against the role table (gateway/authz.py) at all."""
+        return self.admin_token is not None or self.require_api_key
 
     @property
     def database_url(self) -> str:

@@ -101,6 +101,7 @@ STATUS_FOR: dict[type[Exception], int] = {
     reg.ResourceAlreadyExists: 400,
     reg.InvalidParameterValue: 400,
     reg.StoreUnavailable: 503,
+    reg.ArtifactTooLarge: 413,
     fs.FeatureStoreError: 500,
     fs.InvalidFeatureView: 422,
     fs.InvalidFeatureRequest: 400,

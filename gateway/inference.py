@@ -2,7 +2,7 @@
 POST /v2/models/{name}[/versions/{v}]/infer are served here; every other request goes on to Starlette.
 
 Inference is the only hot path, and it pays for no generic routing, Request or Response objects:
-the path is split by hand, the four headers it needs are read in one pass, and the response goes out
+the path is split by hand, the headers it needs are read in one pass, and the response goes out
 as two ASGI messages with header tuples pre-built per arm (gateway/dataplane.py).
 """
 
@@ -15,12 +15,14 @@ from typing import Any
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online import OnlineStore
+from gateway.access import CHALLENGE, Keyring
 from gateway.dataplane import Arm, DataPlane, Route, sticky_key_of, without_input
 from gateway.errors import (
     GatewayError,
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
+    Unauthorized,
     Unavailable,
     render_error,
     status_for,
@@ -63,7 +65,8 @@ def match_inference_path(path: str) -> tuple[str, str, str | None] | None:
 class RequestHeaders:
     """The few request headers inference reads, picked out of the ASGI header list in one pass."""
 
-    __slots__ = ("content_encoding", "content_length", "header_length", "sticky_key")
+    __slots__ = ("authorization", "content_encoding", "content_length", "header_length", "sticky_key")
+    authorization: bytes | None  # set by KeyedRequestHeaders only
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_length: bytes | None = None
@@ -87,6 +90,31 @@ class ArmFailed(Exception):
     def __init__(self, arm: Arm, error: Exception) -> None:
         self.arm = arm
         self.error = error
+
+
+class KeyedRequestHeaders(RequestHeaders):
+    """RequestHeaders plus Authorization, for --require-api-key; chosen once at startup, so a gateway
+    without API keys does not even compare header names against it."""
+
+    __slots__ = ()
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_length: bytes | None = None
+        self.content_encoding: bytes | None = None
+        self.header_length: bytes | None = None
+        self.sticky_key: bytes | None = None
+        self.authorization: bytes | None = None
+        for name, value in raw:
+            if name == b"content-length":
+                self.content_length = value
+            elif name == b"authorization":
+                self.authorization = value
+            elif name == b"inference-header-content-length":
+                self.header_length = value
+            elif name == b"content-encoding":
+                self.content_encoding = value
+            elif name == b"x-gateway-key":
+                self.sticky_key = value
 
 
 class InferenceSlot:
@@ -117,8 +145,11 @@ class InferenceService:
     """Turns one inference request into one response; every error becomes {"error"} with its status."""
 
     def __init__(self, dataplane: DataPlane, mirror: Mirror, is_loaded: Callable[[], bool], max_body_bytes: int,
-                 timeout_s: float, online: OnlineStore) -> None:
+                 timeout_s: float, online: OnlineStore, *, keyring: Keyring | None = None) -> None:
+        """With `keyring` (--require-api-key), each request needs a bearer token of any role."""
         self.dataplane = dataplane
+        self.keyring = keyring
+        self.headers: type[RequestHeaders] = RequestHeaders if keyring is None else KeyedRequestHeaders
         self.mirror = mirror
         self.online = online
         self.is_loaded = is_loaded
@@ -137,8 +168,10 @@ class InferenceService:
         protocol, name, version = target
         started = perf_counter()
         deadline = monotonic() + self.timeout_s
-        headers = RequestHeaders(scope["headers"])
+        headers = self.headers(scope["headers"])
         try:
+            if self.keyring is not None:  # one sha256 and one dict lookup (gateway/access.py)
+                self.keyring.authenticate(headers.authorization, "reader")
             body = await self._body(headers, receive)
             if body is None:  # the client went away
                 return
@@ -274,6 +307,8 @@ class InferenceService:
             message = exc.message
             if isinstance(exc, Overloaded):  # shed load at once; tell clients when to come back
                 headers.append((b"retry-after", b"%d" % exc.retry_after_s))
+            elif isinstance(exc, Unauthorized):
+                headers.append(CHALLENGE)
         else:
             log.exception("unhandled error serving %s", name, exc_info=exc)
             status, message = 500, f"internal error: {type(exc).__name__}"

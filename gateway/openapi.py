@@ -13,6 +13,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.authz import access_for
+
 Schema = dict[str, Any]
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -63,10 +65,12 @@ def _operation_id(tag: str, summary: str) -> str:
 _ANY_OBJECT: Schema = {"type": "object", "additionalProperties": True}
 _MODEL = _path("name", "a route (v1/v2) or a registered model name")
 _VERSION = _path("version", "a version number")
-_INPUT_ERRORS = {"400": "malformed body, wrong datatype or shape", "404": "unknown route or version",
+_INPUT_ERRORS = {"400": "malformed body, wrong datatype or shape", "401": "--require-api-key: no valid bearer token",
+                 "404": "unknown route or version",
                  "413": "body over --max-body-bytes", "503": "loading, draining, or the queue is full (Retry-After)",
                  "504": "the request's deadline passed"}
-_ADMIN_AUTH = {"401": "no bearer token (a token is configured)", "403": "wrong bearer token"}
+_ADMIN_AUTH = {"401": "no bearer token, or an unknown or revoked one (access control on)",
+               "403": "a valid token whose role is too low for this call"}
 _MLFLOW_ERRORS = {"400": "INVALID_PARAMETER_VALUE or RESOURCE_ALREADY_EXISTS", "404": "RESOURCE_DOES_NOT_EXIST",
                   "503": "TEMPORARILY_UNAVAILABLE: the registry database cannot be reached"}
 
@@ -449,8 +453,12 @@ def openapi_document() -> dict[str, Any]:
         "tags": [{"name": t} for t in ("inference", "health", "admin", "features", "mlflow")],
         "components": {
             **components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "--admin-token; admin calls and MLflow writes"}},
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A token from `gateway tokens create NAME --role reader|deployer|admin`, or the "
+                               "--admin-token. Each operation's x-gateway-role names the least role it needs "
+                               "(reads and inference need one only with --require-api-key).",
+            }},
         },
         "paths": _secured({**_inference_paths(), **_health_paths(), **_admin_paths(), **_features_paths(),
                            **_mlflow_paths()}),
@@ -458,11 +466,14 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _secured(paths: Schema) -> Schema:
-    """Admin calls and MLflow writes take the bearer token when one is configured (else none: `{}`)."""
-    for item in paths.values():
+    """Every operation but probes and scrapes takes a bearer token when access control is on (else
+    none: `{}`), with the least role gateway/authz.py's table gives it."""
+    for path, item in paths.items():
         for method, op in item.items():
-            if op["tags"] == ["admin"] or (op["tags"] == ["mlflow"] and method != "get"):
+            access = access_for(method.upper(), path)
+            if access != "open":
                 op["security"] = [{"bearer": []}, {}]
+                op["x-gateway-role"] = "reader" if access == "public" else access
     return paths
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from featurestore.errors import FeatureStoreError
 from featurestore.views import FeatureView, compile_read_plan
+from gateway.access import Keyring
 from gateway.dataplane import DataPlane, Route, RouteSnapshot, ShadowTarget, default_route, make_arm
 from gateway.features import FeatureBinding
 from gateway.models import LoadedModel
@@ -128,6 +129,7 @@ class RegistryFollower:
     def __init__(
         self, store: RegistryStore, dataplane: DataPlane, poll_interval_s: float, *,
         drift: DriftRegistry | None = None, sink: CountSink | None = None, window: WindowPolicy | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._store = store
         self._dataplane = dataplane
@@ -135,6 +137,7 @@ class RegistryFollower:
         self._drift = drift
         self._sink = sink
         self._window = window or WindowPolicy(rows=1000)
+        self._keyring = keyring
         self._feeds: dict[tuple[str, int, str, WindowPolicy], DriftFeed] = {}
         self._extras: dict[tuple[str, int], VersionExtras] = {}
         self._views: dict[str, FeatureView] = {}
@@ -151,6 +154,8 @@ class RegistryFollower:
         """Read the counter first, so a change made during this sync triggers the next one."""
         async with self._lock:
             counter = await asyncio.to_thread(self._store.change_counter)
+            if self._keyring is not None:  # first: a revoke applies before any slow model load
+                await asyncio.to_thread(self._keyring.reload, self._store)
             registry = await asyncio.to_thread(plan_registry, self._store)
             plans, self._extras, self._views = registry.routes, registry.extras, registry.views
             self._used_feeds = {}

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from registry.artifacts import ArtifactStore
-from registry.errors import InvalidParameterValue, RegistryError, ResourceDoesNotExist
+from registry.artifacts import ArtifactStore, Upload
+from registry.errors import ArtifactTooLarge, InvalidParameterValue, RegistryError, ResourceDoesNotExist
 from registry.handlers import Handler, MlflowHandlers
 from registry.store import RegistryStore
 from registry.wire import Message
@@ -42,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "INVALID_PARAMETER_VALUE": 400,
     "RESOURCE_ALREADY_EXISTS": 400,
     "TEMPORARILY_UNAVAILABLE": 503,
+    "RESOURCE_EXHAUSTED": 413,  # an artifact upload over the size limit
     ENDPOINT_NOT_FOUND: 404,
     INTERNAL_ERROR: 500,
 }
@@ -50,6 +51,7 @@ STATUS_BY_CODE: dict[str, int] = {
 _BAD_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ELOOP})
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _JSON_HEADERS = {"content-type": "application/json"}
+DEFAULT_MAX_ARTIFACT_BYTES = 1024**3
 
 
 def error_response(code: str, message: str) -> Response:
@@ -101,20 +103,47 @@ async def _not_found(request: Request) -> Response:
 
 
 class ArtifactProxy:
-    """The mlflow-artifacts endpoints over the ArtifactStore's path-keyed files (escape-proof)."""
+    """The mlflow-artifacts endpoints over the ArtifactStore's path-keyed files (escape-proof).
+    Uploads stream to a temp file (memory stays flat for any size) and stop at `max_bytes`."""
 
-    def __init__(self, artifacts: ArtifactStore) -> None:
+    def __init__(self, artifacts: ArtifactStore, max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> None:
         self.artifacts = artifacts
+        self.max_bytes = max_bytes
 
     async def upload(self, request: Request) -> Response:
+        relpath = request.path_params["path"]
         try:
-            data = await request.body()
-            await run_in_threadpool(self.artifacts.write_file, request.path_params["path"], data)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_bytes:  # refuse before reading a byte
+                raise self._too_large()
+            upload = await run_in_threadpool(self.artifacts.open_upload, relpath)
+            await self._receive(request, upload)
         except RegistryError as exc:
             return error_response(exc.code, exc.message)
         except OSError as exc:
-            return _bad_path(request.path_params["path"], exc)
+            return _bad_path(relpath, exc)
+        except ClientDisconnect:  # the upload was aborted and removed; nobody reads this answer
+            return Response(b"", 400)
         return Response(b"", 200)  # what MLflow answers; the client only checks the status
+
+    async def _receive(self, request: Request, upload: Upload) -> None:
+        """Stream the body into `upload` and commit it; on any failure (too large, client gone) the
+        temp file is removed and nothing appears at the path."""
+        try:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise self._too_large()
+                if chunk:
+                    await run_in_threadpool(upload.write, chunk)
+            await run_in_threadpool(upload.commit)
+        except BaseException:
+            await run_in_threadpool(upload.abort)
+            raise
+
+    def _too_large(self) -> ArtifactTooLarge:
+        return ArtifactTooLarge(f"Artifact upload exceeds the limit of {self.max_bytes} bytes (--max-artifact-bytes)")
 
     async def download(self, request: Request) -> Response:
         relpath = request.path_params["path"]
@@ -155,7 +184,8 @@ class ArtifactProxy:
         return _json({"files": files})
 
 
-def create_mlflow_routes(store: RegistryStore, artifacts: ArtifactStore) -> list[BaseRoute]:
+def create_mlflow_routes(store: RegistryStore, artifacts: ArtifactStore, *,
+                         max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> list[BaseRoute]:
     """Routes for /api/2.0/mlflow/..., /api/2.0/mlflow-artifacts/... and the blob read under /api/2.0/gateway/,
     ending in catch-alls that answer 404 ENDPOINT_NOT_FOUND (also for a known path with the wrong method, as
     MLflow does). Mount them before any catch-all of the host app."""
@@ -206,7 +236,7 @@ def create_mlflow_routes(store: RegistryStore, artifacts: ArtifactStore) -> list
         ("/model-versions/delete-tag", ["DELETE"], h.delete_model_version_tag),
         ("/model-versions/get-download-uri", ["GET"], h.get_download_uri),
     ]
-    proxy = ArtifactProxy(artifacts)
+    proxy = ArtifactProxy(artifacts, max_artifact_bytes)
     routes: list[BaseRoute] = [Route(API + path, _endpoint(handler), methods=methods) for path, methods, handler in table]
     routes += [
         Route(ARTIFACTS, proxy.list, methods=["GET"]),
@@ -224,9 +254,10 @@ async def _health(request: Request) -> Response:
     return PlainTextResponse("OK")
 
 
-def create_registry_app(database_url: str, artifacts_dir: Path) -> Starlette:
+def create_registry_app(database_url: str, artifacts_dir: Path, *,
+                        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> Starlette:
     """The registry alone (`gateway registry serve`): the MLflow API and artifact proxy plus GET /health.
-    Opens the database (creating the schema) now; closes it when the app shuts down."""
+    Opens the database (creating the schema) now, as `app.state.store`; closes it when the app shuts down."""
     store = RegistryStore(database_url)
     artifacts = ArtifactStore(artifacts_dir)
 
@@ -237,5 +268,8 @@ def create_registry_app(database_url: str, artifacts_dir: Path) -> Starlette:
         finally:
             store.close()
 
-    routes = [Route("/health", _health, methods=["GET"]), *create_mlflow_routes(store, artifacts)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    routes = [Route("/health", _health, methods=["GET"]),
+              *create_mlflow_routes(store, artifacts, max_artifact_bytes=max_artifact_bytes)]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.store = store
+    return app

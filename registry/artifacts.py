@@ -43,6 +43,37 @@ def _write_atomic(path: Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
+class Upload:
+    """A file being written: chunks go to a temp file beside the target, which commit() fsyncs and
+    renames into place and abort() removes. Blocking; one writer."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        self.tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        if os.name == "posix":
+            _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 class ArtifactStore:
     """Files under `root`. Blob methods take a sha256 hex digest; file methods a relative POSIX path.
 
@@ -144,6 +175,13 @@ class ArtifactStore:
         if path == self._files or path.is_dir():
             raise InvalidArtifactPath(f"Artifact path {relpath!r} is a directory")
         _write_atomic(path, data)
+
+    def open_upload(self, relpath: str) -> Upload:
+        """An Upload to `relpath`, which becomes visible only on commit (all or nothing)."""
+        path = self.resolve(relpath)
+        if path == self._files or path.is_dir():
+            raise InvalidArtifactPath(f"Artifact path {relpath!r} is a directory")
+        return Upload(path)
 
     def read_file(self, relpath: str) -> bytes:
         path = self.resolve(relpath)

@@ -7,6 +7,7 @@ RegistryError
  │    ├── InvalidModelFile       (a corrupt or non-ONNX file at registration)
  │    └── InvalidArtifactPath    (a path that escapes the artifact root)
  ├── StoreUnavailable            TEMPORARILY_UNAVAILABLE (the database cannot be reached)
+ ├── ArtifactTooLarge            RESOURCE_EXHAUSTED (an upload over --max-artifact-bytes)
  └── ArtifactFetchFailed         TEMPORARILY_UNAVAILABLE (the registry service did not deliver a model file)
       └── ArtifactMismatch       (the delivered bytes do not hash to the registered sha256)
 """
@@ -48,6 +49,10 @@ class InvalidArtifactPath(InvalidParameterValue):
 
 class StoreUnavailable(RegistryError):
     code = "TEMPORARILY_UNAVAILABLE"
+
+
+class ArtifactTooLarge(RegistryError):
+    code = "RESOURCE_EXHAUSTED"
 
 
 class ArtifactFetchFailed(RegistryError):

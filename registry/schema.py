@@ -392,3 +392,34 @@ rollout_events = sa.Table(
     sa.Index(None, "rollout", "id"),
     sqlite_autoincrement=True,
 )
+
+# --- access tokens (logic in registry/tokens.py) --------------------------------------------------
+
+# API tokens by name; only the sha256 of each token is stored, never the token itself.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", _AUTO_ID, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.CHAR(64), nullable=False, unique=True),  # sha256 hex of the token
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("revoked_ms", sa.BigInteger, nullable=True),  # NULL while the token is valid
+    sa.CheckConstraint(sa.column("role").in_(("reader", "deployer", "admin")), name="role"),
+    sqlite_autoincrement=True,
+)
+
+# Append-only: one row per token create or revoke, in the same transaction as the change.
+token_audit = sa.Table(
+    "token_audit",
+    metadata,
+    sa.Column("id", _AUTO_ID, primary_key=True, autoincrement=True),
+    sa.Column("token_name", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint(sa.column("action").in_(("create", "revoke")), name="action"),
+    sqlite_autoincrement=True,
+)

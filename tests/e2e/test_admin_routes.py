@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import re
 import statistics
 import threading
 import time
@@ -57,11 +56,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 class TestAuth:
-    def test_missing_token_is_401_and_wrong_token_403(self, gw: GatewayProcess) -> None:
-        """Without a bearer token the admin API answers 401; with the wrong one 403."""
+    def test_missing_or_wrong_token_is_401(self, gw: GatewayProcess) -> None:
+        """Without a bearer token, or with one nobody issued, the admin API answers 401 (403 is for a
+        valid token whose role is too low: tests/e2e/test_roles.py)."""
         assert httpx.get(f"{gw.url}/admin/routes").status_code == 401
         r = httpx.get(f"{gw.url}/admin/routes", headers={"authorization": "Bearer wrong-token-wrong-token"})
-        assert r.status_code == 403
+        assert r.status_code == 401
         assert "error" in r.json()
         assert httpx.get(f"{gw.url}/admin/routes", headers=AUTH).status_code == 200
 
@@ -323,13 +323,14 @@ def test_policy_changes_under_load_are_atomic_and_lose_nothing(gw: GatewayProces
 
 
 def test_audit_records_who_when_old_and_new(admin: httpx.Client) -> None:
-    """Every change is audited with the token's id, the time, and the old and new policy."""
+    """Every change is audited with the token's name (the bootstrap token's is 'admin-token'), the time,
+    and the old and new policy."""
     admin.put("/admin/routes/audited", json={"model": "churn", "arms": [{"version": "1", "weight": 1}]})
     admin.put("/admin/routes/audited", json={"model": "churn", "arms": [{"version": "2", "weight": 1}]})
     admin.delete("/admin/routes/audited")
     entries = admin.get("/admin/audit", params={"route": "audited"}).json()["entries"]
     assert [e["action"] for e in entries[:3]] == ["delete", "put", "put"]
-    assert all(re.fullmatch(r"token:[0-9a-f]{12}", e["actor"]) for e in entries[:3])
+    assert all(e["actor"] == "token:admin-token" for e in entries[:3])
     assert entries[1]["old_policy"]["arms"] == [{"version": "1", "weight": 1}]
     assert entries[1]["new_policy"]["arms"] == [{"version": "2", "weight": 1}]
     assert entries[0]["new_policy"] is None
