@@ -282,11 +282,22 @@ class TestAdminAndCli:
         assert r.json()["error"].startswith(needle)
         assert admin.get("/admin/rollouts/idle").status_code == 404
 
-    def test_auth_is_the_admin_token(self, gw: GatewayProcess) -> None:
-        """Without the bearer token rollouts answer 401, with a wrong one 403."""
+    def test_writes_need_a_deployer(self, gw: GatewayProcess) -> None:
+        """Without a token or with an unknown one rollouts answer 401; a reader may read them but not
+        write (403); a deployer's write passes access control (here to the spec check, 422)."""
         assert httpx.get(f"{gw.url}/admin/rollouts").status_code == 401
         bad = {"authorization": "Bearer not-the-token"}
-        assert httpx.put(f"{gw.url}/admin/rollouts/idle", json=spec("idle"), headers=bad).status_code == 403
+        assert httpx.put(f"{gw.url}/admin/rollouts/idle", json=spec("idle"), headers=bad).status_code == 401
+        reader = {"authorization": "Bearer " + gw.cli("tokens", "create", "rollout-reader", "--role", "reader").stdout.strip()}
+        deployer = {"authorization": "Bearer " + gw.cli("tokens", "create", "rollout-deployer", "--role", "deployer").stdout.strip()}
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{gw.url}/admin/rollouts", headers=deployer).status_code != 200:  # tokens follow the registry
+            assert time.monotonic() < deadline, "the new tokens never reached the gateway"
+            time.sleep(0.05)
+        assert httpx.get(f"{gw.url}/admin/rollouts", headers=reader).status_code == 200
+        assert httpx.put(f"{gw.url}/admin/rollouts/idle", json=spec("idle"), headers=reader).status_code == 403
+        invalid = {**spec("idle"), "steps": []}
+        assert httpx.put(f"{gw.url}/admin/rollouts/idle", json=invalid, headers=deployer).status_code == 422
 
     def test_abort_rolls_back_at_once_and_a_second_start_is_409(self, gw: GatewayProcess, admin: httpx.Client) -> None:
         """Without traffic a rollout waits in its shadow phase; a second PUT is 409; DELETE restores the
