@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +57,12 @@ class ShadowTarget:
 Route = CompiledRoute[Arm, ShadowTarget]
 
 
+def header_value(text: str) -> bytes:
+    """A response header value: printable ASCII as is, anything else percent-encoded (registry names
+    are already restricted; this keeps gateway/respond.py's unchecked single write safe regardless)."""
+    return text.encode() if text.isascii() and text.isprintable() else quote(text, safe="").encode()
+
+
 def make_arm(
     route: str, label: str, model: LoadedModel, metrics: GatewayMetrics,
     features: FeatureBinding | None = None, drift: DriftWatch | None = None,
@@ -67,9 +74,9 @@ def make_arm(
         model=model,
         label=label,
         raw_headers=(
-            (b"x-gateway-model", model.name.encode()),
-            (b"x-gateway-model-version", version.encode()),
-            (b"x-gateway-arm", label.encode()),
+            (b"x-gateway-model", header_value(model.name)),
+            (b"x-gateway-model-version", header_value(version)),
+            (b"x-gateway-arm", header_value(label)),
         ),
         v1=metrics.for_request(route, label, version, "v1", tapped=label != DIRECT_ARM),
         v2=metrics.for_request(route, label, version, "v2", tapped=label != DIRECT_ARM),

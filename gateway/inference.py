@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.features import assemble, instances_from_v1, instances_from_v2
 from gateway.mirror import Mirror
 from gateway.protocol import v1, v2
+from gateway.respond import write_whole
 from registry.errors import RegistryError
 
 log = logging.getLogger("gateway.inference")
@@ -186,8 +187,9 @@ class InferenceService:
         else:
             (arm.v2 if protocol == "v2" else arm.v1).observe(perf_counter() - started)
         out_headers.append((b"content-length", b"%d" % len(content)))
-        await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        await send({"type": "http.response.body", "body": content})
+        if not write_whole(receive, status, out_headers, content):
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": content})
 
     async def _body(self, headers: RequestHeaders, receive: Receive) -> bytes | None:
         """The body, inflated if compressed; 413 past the limit without reading it all."""
