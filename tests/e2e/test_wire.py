@@ -82,6 +82,7 @@ def test_errors_take_the_same_path(demo_gateway: GatewayProcess, sock: socket.so
     sock.sendall(bad + request(demo_gateway))
     answers = responses(sock)
     status, headers, body = next(answers)
+    assert headers[b"content-type"] == b"application/json"
     assert status == b"HTTP/1.1 400 Bad Request" and "error" in orjson.loads(body)
     status, _, _ = next(answers)
     assert status == b"HTTP/1.1 200 OK"
