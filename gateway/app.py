@@ -34,7 +34,15 @@ from gateway.demo import seed_demo_features
 from gateway.endpoints import JSON, Endpoints
 from gateway.errors import GatewayError, Overloaded, render_error, status_for
 from gateway.features import LiveCatalog
-from gateway.inference import ASGIApp, InferenceLayer, InferenceService, InferenceSlot, Receive, Scope, Send
+from gateway.inference import (
+    ASGIApp,
+    InferenceService,
+    InferenceSlot,
+    Receive,
+    Scope,
+    Send,
+    match_inference_path,
+)
 from gateway.mirror import Mirror
 from gateway.models import ModelPool
 from gateway.openapi import openapi_json
@@ -246,10 +254,17 @@ class GatewayApp(Starlette):
     def __init__(self, slot: InferenceSlot, guard: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
         """`guard` wraps Starlette in the access check; inference does its own (API keys)."""
         super().__init__(**kwargs)
-        self.inference = InferenceLayer(guard(super().__call__), slot=slot)
+        self.slot = slot
+        self.guarded = guard(super().__call__)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.inference(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":  # inference paths: the lean service
+            serve = self.slot.serve
+            target = match_inference_path(scope["path"])
+            if target is not None and serve is not None:
+                await serve(target, scope, receive, send)
+                return
+        await self.guarded(scope, receive, send)
 
 
 def create_app_from_env() -> Starlette:

@@ -125,23 +125,6 @@ class InferenceSlot:
     serve: InferenceService | None = None
 
 
-class InferenceLayer:
-    """ASGI middleware in front of the router: inference paths go to the slot's service."""
-
-    def __init__(self, app: ASGIApp, *, slot: InferenceSlot) -> None:
-        self.app = app
-        self.slot = slot
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            serve = self.slot.serve
-            target = match_inference_path(scope["path"])
-            if target is not None and serve is not None:
-                await serve(target, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 class InferenceService:
     """Turns one inference request into one response; every error becomes {"error"} with its status."""
 
@@ -159,37 +142,34 @@ class InferenceService:
         self.inflight = 0  # requests received and not yet answered; exported as gateway_inflight_requests
 
     async def __call__(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
-        self.inflight += 1
+        self.inflight += 1  # exported as gateway_inflight_requests
         try:
-            await self._serve(target, scope, receive, send)
+            protocol, name, version = target
+            started = perf_counter()
+            deadline = monotonic() + self.timeout_s
+            headers = self.headers(scope["headers"])
+            try:
+                if self.keyring is not None:  # one sha256 and one dict lookup (gateway/access.py)
+                    self.keyring.authenticate(headers.authorization, "reader")
+                body = await self._body(headers, receive)
+                if body is None:  # the client went away
+                    return
+                if protocol == "v2":
+                    arm, status, out_headers, content = await self._v2(name, version, headers, body, deadline)
+                else:
+                    arm, status, out_headers, content = await self._v1(name, version, headers, body, deadline)
+            except ArmFailed as failed:  # counted against the arm that was serving it
+                status, out_headers, content = self._error(name, protocol, failed.error, failed.arm)
+            except Exception as exc:
+                status, out_headers, content = self._error(name, protocol, exc)
+            else:
+                (arm.v2 if protocol == "v2" else arm.v1).observe(perf_counter() - started)
+            out_headers.append((b"content-length", b"%d" % len(content)))
+            if not write_whole(receive, status, out_headers, content):
+                await send({"type": "http.response.start", "status": status, "headers": out_headers})
+                await send({"type": "http.response.body", "body": content})
         finally:
             self.inflight -= 1
-
-    async def _serve(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
-        protocol, name, version = target
-        started = perf_counter()
-        deadline = monotonic() + self.timeout_s
-        headers = self.headers(scope["headers"])
-        try:
-            if self.keyring is not None:  # one sha256 and one dict lookup (gateway/access.py)
-                self.keyring.authenticate(headers.authorization, "reader")
-            body = await self._body(headers, receive)
-            if body is None:  # the client went away
-                return
-            if protocol == "v2":
-                arm, status, out_headers, content = await self._v2(name, version, headers, body, deadline)
-            else:
-                arm, status, out_headers, content = await self._v1(name, version, headers, body, deadline)
-        except ArmFailed as failed:  # counted against the arm that was serving it
-            status, out_headers, content = self._error(name, protocol, failed.error, failed.arm)
-        except Exception as exc:
-            status, out_headers, content = self._error(name, protocol, exc)
-        else:
-            (arm.v2 if protocol == "v2" else arm.v1).observe(perf_counter() - started)
-        out_headers.append((b"content-length", b"%d" % len(content)))
-        if not write_whole(receive, status, out_headers, content):
-            await send({"type": "http.response.start", "status": status, "headers": out_headers})
-            await send({"type": "http.response.body", "body": content})
 
     async def _body(self, headers: RequestHeaders, receive: Receive) -> bytes | None:
         """The body, inflated if compressed; 413 past the limit without reading it all."""
