@@ -79,7 +79,9 @@ class _Item:
 class MicroBatcher:
     """Collects submissions for one model and runs them stacked, inline or on an executor.
 
-    Inline (executor None): everything queued in one loop turn runs before the turn ends.
+    Inline (executor None): one batch per loop turn. Running the whole queue in one turn would keep the
+    loop from reading new requests meanwhile: under overload the backlog would then sit unbounded in the
+    sockets, where max_queue_rows cannot see it, instead of in this queue, where it is shed.
     Executor: up to `concurrency` batches in flight; what queues meanwhile runs when a slot frees.
     `max_delay_s` > 0 makes an idle model wait that long to fill a batch (off by default: it adds
     latency at low load). `batchable` is False for models without a leading dynamic batch dim:
@@ -196,7 +198,10 @@ class MicroBatcher:
                 self._observe(rows, now - batch[0].queued_at, capped or reason)
             if self._executor is None:
                 _deliver(batch, self._run_batch(batch))
-                continue
+                if self._pending:  # the rest waits a loop turn, so what arrived meanwhile is read (or shed)
+                    self._scheduled = True
+                    loop.call_soon(self._flush, "idle")
+                return
             self._in_flight += 1
             task = loop.run_in_executor(self._executor, self._run_batch, batch)
             task.add_done_callback(lambda done, batch=batch: self._after_executor_run(batch, done))  # type: ignore[misc]
