@@ -25,6 +25,7 @@ from featurestore.api import FeatureAPI, feature_routes
 from featurestore.errors import FeatureStoreError
 from featurestore.online import StoreOptions, open_online_store
 from gateway.admin import Admin, WriteGuard
+from gateway.admission import InFlightLimit
 from gateway.config import Config
 from gateway.dataplane import DataPlane
 from gateway.demo import seed_demo_features
@@ -130,9 +131,11 @@ def create_app(config: Config) -> Starlette:
         http = httpx.AsyncClient(timeout=config.shadow_timeout_s)
         endpoints.attach(dataplane, follower)
         mirror = Mirror(shadows, metrics, http, config.shadow_timeout_s)
-        slot.serve = InferenceService(
+        service = InferenceService(
             dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online
         )
+        slot.serve = (InFlightLimit(service, config.max_in_flight, metrics.inflight_rejections)
+                      if config.max_in_flight else service)
         admin.attach(store, dataplane, follower)
         # The MLflow-compatible API needs the open store; the router reads its route list per request.
         app.router.routes.extend(create_mlflow_routes(store, artifacts))

@@ -85,7 +85,7 @@ class InferenceSlot:
     """Where the lifespan puts the InferenceService once the dataplane exists (Starlette builds its
     middleware lazily, so the layer cannot be handed the service directly)."""
 
-    serve: InferenceService | None = None
+    serve: Callable[[tuple[str, str, str | None], Scope, Receive, Send], Awaitable[None]] | None = None
 
 
 class InferenceLayer:
