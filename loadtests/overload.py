@@ -217,7 +217,7 @@ class Summary:
     connections: int
     stale_retries: int
     server_busy: float  # share of one core the gateway's process group used
-    server_waited: float  # share of the phase the gateway's threads were runnable but not running
+    server_waited: float  # share of the phase the gateway's event loop was runnable but not running
 
 
 def summarize(label: str, run: OpenLoopRun, timeout_s: float, usage: Usage, waited_s: float, wall_s: float) -> Summary:
@@ -247,7 +247,7 @@ def table(summaries: Sequence[Summary]) -> list[str]:
     lines = [
         "| load | offered req/s | due | 200 | 200 req/s | 200 p50 ms | 200 p99 ms | 200 max ms | 503 (with Retry-After) "
         "| 503 p50 / p99 / max ms | 504 | other / no answer | answered past the deadline | not sent (generator cap) "
-        "| generator lag max ms | connections (stale retries) | gateway CPU busy | gateway waiting for its CPU |",
+        "| generator lag max ms | connections (stale retries) | gateway CPU busy | event loop waiting for its CPU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
@@ -351,13 +351,9 @@ def metric(server: Server, name: str) -> float:
 
 
 def runqueue_wait_s(pid: int) -> float:
-    """Seconds the threads of process `pid` have so far spent runnable but waiting for a CPU (schedstat's
-    run_delay): on a shared machine, the time other processes took from the gateway's core."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[1])
-    return total / 1e9
+    """Seconds the main thread of process `pid` (the gateway's event loop) has so far spent runnable but
+    waiting for a CPU (schedstat's run_delay): on a shared machine, the time other processes took from it."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 def say(text: str) -> None:
@@ -386,9 +382,9 @@ async def measure(o: Options, server: Server, timeout_s: float,
     wall = time.perf_counter() - started
     sustainable = counts.get(200, 0) / wall
     busy = (server.usage() - before).cpu_s / wall
-    waited = (runqueue_wait_s(server.pid) - waited) / wall
+    closed_waited = (runqueue_wait_s(server.pid) - waited) / wall
     say(f"closed loop, {o.closed_connections} connections: {sustainable:,.0f} req/s of 200s {counts} "
-        f"(gateway CPU busy {busy:.0%}, waiting for its CPU {waited:.0%})")
+        f"(gateway CPU busy {busy:.0%}, event loop waiting for its CPU {closed_waited:.0%})")
     summaries, runs = [], []
     for factor in o.factors:
         rate = factor * sustainable
@@ -404,7 +400,7 @@ async def measure(o: Options, server: Server, timeout_s: float,
         if factor > 1:
             say("\n".join(timeline(run)))
         server.check_alive()
-    return sustainable, counts, (busy, waited), summaries, runs
+    return sustainable, counts, (busy, closed_waited), summaries, runs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -450,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "## Results",
         "",
         f"Sustainable rate (closed loop, {o.closed_connections} connections): **{sustainable:,.0f} req/s** "
-        f"(statuses {dict(sorted(counts.items()))}; gateway CPU busy {busy[0]:.0%}, waiting for its CPU {busy[1]:.0%}).",
+        f"(statuses {dict(sorted(counts.items()))}; gateway CPU busy {busy[0]:.0%}, event loop waiting for its CPU {busy[1]:.0%}).",
         "",
         *table(summaries),
         "",
