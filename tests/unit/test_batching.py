@@ -152,9 +152,10 @@ class TestQueueBoundAndObserver:
         assert len(refused) == 3
         assert all(not isinstance(r, BaseException) for r in results[:3])
 
-    def test_inline_queue_drains_one_batch_per_turn_so_arrivals_are_shed(self) -> None:
-        """An inline model runs one batch per loop turn: a request arriving while its queue drains counts
-        the rows still queued and is refused past max_queue_rows, rather than waiting unseen in the sockets."""
+    def test_inline_queue_yields_between_batches_so_arrivals_are_shed(self) -> None:
+        """An inline model yields the loop between batches once its turn budget is spent (here at once): a
+        request arriving while its queue drains counts the rows still queued and is refused past
+        max_queue_rows, rather than waiting unseen in the sockets."""
         from gateway.batching import QueueFull
 
         calls: list[int] = []
@@ -168,7 +169,7 @@ class TestQueueBoundAndObserver:
                 return [arrays[0]]
 
             loop = asyncio.get_running_loop()
-            b = MicroBatcher(run, max_batch_size=1, max_delay_s=0, executor=None, max_queue_rows=4)
+            b = MicroBatcher(run, max_batch_size=1, max_delay_s=0, executor=None, max_queue_rows=4, inline_turn_s=0)
             first = await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(4)), return_exceptions=True)
             return [*first, *(await asyncio.gather(*late, return_exceptions=True))]
 
