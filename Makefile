@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint clean bench bench-quick dashboard
+.PHONY: run test lint audit clean bench bench-quick overload dashboard
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,18 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/gateway serve --demo
 
-## Lint, type-check and run the whole test suite
-test: $(VENV)/.installed-test lint
+## Lint, type-check, audit the dependencies and run the whole test suite
+test: $(VENV)/.installed-test lint audit
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+## pip-audit over the installed dependencies (<= 5 min): fails on a known vulnerability; dependencies it
+## could not check (vulnerability service unreachable) are listed as NOT AUDITED without failing
+audit: $(VENV)/.installed-test
+	$(BIN)/python .ci/audit.py --timeout 300
 
 ## Benchmark the gateway against an empty Starlette endpoint and a textbook FastAPI server (needs wrk; < 10 min)
 bench: $(VENV)/.installed
@@ -41,6 +46,10 @@ bench-quick: $(VENV)/.installed
 dashboard: $(VENV)/.installed
 	$(PIP) install -e '.[docs]'
 	$(BIN)/python -m deploy.grafana.render --outage-postgres postgresql://postgres@127.0.0.1:5432/postgres
+
+## Overload at 0.8x and 2x the sustainable rate (~2 min); writes loadtests/results/overload.md
+overload: $(VENV)/.installed
+	$(BIN)/python -m loadtests.overload
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache loadtests/bench/.venv

@@ -166,6 +166,7 @@ def create_app(config: Config) -> Starlette:
         slot.serve = service = InferenceService(
             dataplane, mirror, follower.ready.is_set, config.max_body_bytes, config.request_timeout_s, online,
             keyring=keyring if config.require_api_key else None,
+            max_in_flight=config.max_in_flight, refused=metrics.inflight_rejections,
         )
         background: list[asyncio.Task[None]] = []
         if not metrics.track_inflight(lambda: service.inflight):

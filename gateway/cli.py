@@ -88,6 +88,9 @@ def main() -> None:
               show_default=True, help="Per-request deadline in seconds (504 past it); v2 'timeout' (µs) may shorten it.")
 @click.option("--max-queue-rows", type=int, default=DEFAULTS.max_queue_rows, show_default=True,
               help="Rows waiting per model beyond which requests get 503 with Retry-After.")
+@click.option("--max-in-flight", type=int, default=DEFAULTS.max_in_flight, show_default=True,
+              help="Inference requests in flight per process beyond which requests get 503 with Retry-After "
+                   "before their body is read (0: no bound).")
 @click.option("--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes, show_default=True,
               help="Larger request bodies get 413.")
 @click.option("--poll-interval", "poll_interval_s", envvar="GATEWAY_POLL_INTERVAL", type=float, default=DEFAULTS.poll_interval_s, show_default=True,

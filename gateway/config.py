@@ -54,6 +54,7 @@ class Config:
     max_batch_delay_ms: float = 0.0  # 0: an idle model runs at once; > 0: it waits this long to fill a batch
     request_timeout_s: float = 30.0  # per-request deadline; a v2 request's `timeout` parameter (µs) may shorten it
     max_queue_rows: int = 4096  # rows waiting per model beyond which requests get 503 + Retry-After
+    max_in_flight: int = 1024  # inference requests in flight per process beyond which 503 + Retry-After; 0: no bound
     max_body_bytes: int = 8 * 1024 * 1024
     poll_interval_s: float = 0.5  # how often followers check the registry for changes
     graceful_timeout_s: float = 30.0
@@ -80,6 +81,7 @@ class Config:
             ("--max-batch-delay-ms", 0 <= self.max_batch_delay_ms <= 1000, "must be between 0 and 1000"),
             ("--request-timeout", 0 < self.request_timeout_s <= 3600, "must be between 0 and 3600 seconds"),
             ("--max-queue-rows", self.max_queue_rows >= 1, "must be at least 1"),
+            ("--max-in-flight", self.max_in_flight >= 0, "must be >= 0 (0: no bound)"),
             ("--max-body-bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("--poll-interval", 0.01 <= self.poll_interval_s <= 3600, "must be between 0.01 and 3600 seconds"),
             ("--graceful-timeout", self.graceful_timeout_s >= 0, "must be >= 0"),

@@ -9,9 +9,12 @@ as two ASGI messages with header tuples pre-built per arm (gateway/dataplane.py)
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from time import monotonic, perf_counter
 from typing import Any
+
+from prometheus_client import Counter
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online import OnlineStore
@@ -122,15 +125,20 @@ class InferenceSlot:
     """Where the lifespan puts the InferenceService once the dataplane exists (Starlette builds its
     middleware lazily, so the layer cannot be handed the service directly)."""
 
-    serve: InferenceService | None = None
+    serve: Callable[[tuple[str, str, str | None], Scope, Receive, Send], Awaitable[None]] | None = None
 
 
 class InferenceService:
     """Turns one inference request into one response; every error becomes {"error"} with its status."""
 
     def __init__(self, dataplane: DataPlane, mirror: Mirror, is_loaded: Callable[[], bool], max_body_bytes: int,
-                 timeout_s: float, online: OnlineStore, *, keyring: Keyring | None = None) -> None:
-        """With `keyring` (--require-api-key), each request needs a bearer token of any role."""
+                 timeout_s: float, online: OnlineStore, *, keyring: Keyring | None = None,
+                 max_in_flight: int = 0, refused: Counter | None = None) -> None:
+        """With `keyring` (--require-api-key), each request needs a bearer token of any role. With
+        `max_in_flight` > 0, a request arriving while that many are in flight is answered 503 with
+        Retry-After before its body is read (and counted on `refused`): with --max-body-bytes this caps
+        the memory bodies can hold, and it bounds requests waiting anywhere (body upload, online
+        features), not only in a model's queue, which --max-queue-rows bounds."""
         self.dataplane = dataplane
         self.keyring = keyring
         self.headers: type[RequestHeaders] = RequestHeaders if keyring is None else KeyedRequestHeaders
@@ -140,8 +148,16 @@ class InferenceService:
         self.max_body = max_body_bytes
         self.timeout_s = timeout_s
         self.inflight = 0  # requests received and not yet answered; exported as gateway_inflight_requests
+        self.max_in_flight = max_in_flight or sys.maxsize
+        self.refused = refused
+        self._refusal = render_error(f"the gateway is overloaded: {max_in_flight} inference requests already in flight")
+        self._refusal_headers = [JSON_HEADER, (b"retry-after", b"%d" % Overloaded.retry_after_s),
+                                 (b"content-length", b"%d" % len(self._refusal))]
 
     async def __call__(self, target: tuple[str, str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
+        if self.inflight >= self.max_in_flight:
+            await self._refuse(receive, send)
+            return
         self.inflight += 1  # exported as gateway_inflight_requests
         try:
             protocol, name, version = target
@@ -170,6 +186,13 @@ class InferenceService:
                 await send({"type": "http.response.body", "body": content})
         finally:
             self.inflight -= 1
+
+    async def _refuse(self, receive: Receive, send: Send) -> None:
+        if self.refused is not None:
+            self.refused.inc()
+        if not write_whole(receive, 503, self._refusal_headers, self._refusal):
+            await send({"type": "http.response.start", "status": 503, "headers": self._refusal_headers})
+            await send({"type": "http.response.body", "body": self._refusal})
 
     async def _body(self, headers: RequestHeaders, receive: Receive) -> bytes | None:
         """The body, inflated if compressed; 413 past the limit without reading it all."""

@@ -117,6 +117,10 @@ class GatewayMetrics:
             "gateway_queue_rejections", "Requests refused with 503 because the model's queue was full.",
             ["model", "version"], registry=r,
         )
+        self.inflight_rejections = Counter(
+            "gateway_inflight_rejections", "Inference requests refused with 503 because --max-in-flight were in flight.",
+            registry=r,
+        )
         self.model_loads = Counter(
             "gateway_model_loads", "Model version loads, by outcome (ok or failed).",
             ["model", "version", "outcome"], registry=r,

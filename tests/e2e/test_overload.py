@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 from gateway.demo import build_mlp
 from tests.e2e.conftest import GatewayProcess, run_cli, start_gateway
@@ -55,3 +57,36 @@ def test_deadline_gives_504_and_bad_timeout_400(demo_gateway: GatewayProcess) ->
     assert r.status_code == 400
     r = httpx.post(url, json={"inputs": [features], "parameters": {"timeout": 10_000_000}})
     assert r.status_code == 200
+
+
+def test_in_flight_bound_refuses_before_reading_the_body(tmp_path: Path) -> None:
+    """With --max-in-flight 2 and two requests stalled mid-body, further inference requests get 503 with
+    Retry-After at once; once the two finish, requests are admitted again; /metrics counts each refusal."""
+    gw = start_gateway(tmp_path / "gw", "--demo", "--max-in-flight", "2")
+    body = orjson.dumps({"instances": [[0.1] * 32]})
+    head = (b"POST /v1/models/churn:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    stalled = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(2)]
+    try:
+        for sock in stalled:
+            sock.sendall(head + body[:10])  # the rest of the body comes later: in flight until then
+        with httpx.Client(base_url=gw.url, timeout=30) as client:
+            refused = []
+            for _ in range(200):  # until the server has taken in both stalled requests
+                r = client.post("/v1/models/churn:predict", content=body, headers={"content-type": "application/json"})
+                assert r.status_code in (200, 503), r.text
+                if r.status_code == 503:
+                    refused.append(r)
+                    break
+            assert refused, "two requests stalled mid-body must fill a bound of two"
+            assert refused[0].headers["retry-after"] == "1"
+            assert "2 inference requests already in flight" in refused[0].json()["error"]
+            for sock in stalled:
+                sock.sendall(body[10:])
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 "), "the stalled requests finish normally"
+            assert client.post("/v1/models/churn:predict", content=body).status_code == 200
+            assert "gateway_inflight_rejections_total 1.0" in client.get("/metrics").text
+    finally:
+        for sock in stalled:
+            sock.close()
+        gw.stop()

@@ -152,6 +152,32 @@ class TestQueueBoundAndObserver:
         assert len(refused) == 3
         assert all(not isinstance(r, BaseException) for r in results[:3])
 
+    def test_inline_queue_yields_between_batches_so_arrivals_are_shed(self) -> None:
+        """An inline model yields the loop between batches once its turn budget is spent (here at once): a
+        request arriving while its queue drains counts the rows still queued and is refused past
+        max_queue_rows, rather than waiting unseen in the sockets."""
+        from gateway.batching import QueueFull
+
+        calls: list[int] = []
+        late: list[asyncio.Future[Arrays]] = []
+
+        async def main() -> list[object]:
+            def run(arrays: Arrays) -> Arrays:
+                if not calls:  # arrives during the first batch; its task submits after the second batch
+                    loop.call_soon(lambda: late.append(asyncio.ensure_future(b.submit([rows(3)]))))
+                calls.append(int(arrays[0].shape[0]))
+                return [arrays[0]]
+
+            loop = asyncio.get_running_loop()
+            b = MicroBatcher(run, max_batch_size=1, max_delay_s=0, executor=None, max_queue_rows=4, inline_turn_s=0)
+            first = await asyncio.gather(*(b.submit([rows(1, i)]) for i in range(4)), return_exceptions=True)
+            return [*first, *(await asyncio.gather(*late, return_exceptions=True))]
+
+        *first, refused = asyncio.run(main())
+        assert calls == [1, 1, 1, 1]
+        assert all(not isinstance(r, BaseException) for r in first)
+        assert isinstance(refused, QueueFull), "2 rows still queued + 3 exceed the bound of 4"
+
     def test_observer_reports_rows_wait_and_reason(self) -> None:
         """Each released batch is reported with its rows, its wait and why: idle, or full when capped."""
         seen: list[tuple[int, float, str]] = []
