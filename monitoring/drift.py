@@ -40,7 +40,8 @@ from monitoring.psi import (
     Status,
     Thresholds,
     categorical_indices,
-    psi,
+    floored_shares,
+    psi_of_counts,
 )
 
 Role = Literal["input", "output"]
@@ -324,6 +325,8 @@ class DriftTracker:
                 columns.append(MonitoredColumn(name, role, profile, offset, self.thresholds.min_rows_for(profile.n_bins)))
                 offset += profile.n_bins + 1
         self.columns: tuple[MonitoredColumn, ...] = tuple(columns)
+        # Per column, precomputed for window closes: (offset, bins, expected shares as psi floors them).
+        self._closing = tuple((c.offset, c.n_bins, floored_shares(c.profile.expected, self.thresholds.eps)) for c in columns)
         self._by_name = {c.name: c for c in columns}
         self.feature_names = tuple(n for n, _ in inputs)
         self.output_names = tuple(n for n, _ in extra)
@@ -437,7 +440,8 @@ class DriftTracker:
         return [self._close(self._start + seconds, self._counts, self._rows, next_start)]
 
     def _close(self, end: float, vector: npt.NDArray[np.int64], rows: int, next_start: float) -> ClosedWindow:
-        results = tuple(self._evaluate(c, vector) for c in self.columns)
+        values = vector.tolist()  # one conversion; each column then works on a plain list slice
+        results = tuple(self._evaluate(c, values, closing) for c, closing in zip(self.columns, self._closing, strict=True))
         inputs = [f for f in results if f.role == "input"]
         rated = [f for f in inputs if f.status != "insufficient_data" and f.psi is not None]
         worst = max(rated, key=lambda f: f.psi or 0.0) if rated else None
@@ -452,16 +456,18 @@ class DriftTracker:
         self._start = next_start
         return window
 
-    def _evaluate(self, column: MonitoredColumn, vector: npt.NDArray[np.int64]) -> FeatureWindow:
-        counts = vector[column.offset : column.offset + column.n_bins]
-        missing = int(vector[column.offset + column.n_bins])
-        n = int(counts.sum())
-        value = psi(column.profile.expected, counts, self.thresholds.eps) if n else None
+    def _evaluate(self, column: MonitoredColumn, values: list[int],
+                  closing: tuple[int, int, tuple[float, ...]]) -> FeatureWindow:
+        offset, bins, expected = closing
+        counts = values[offset : offset + bins]
+        missing = values[offset + bins]
+        n = sum(counts)
+        value = psi_of_counts(expected, counts, self.thresholds.eps) if n else None
         if value is None or n < column.min_rows:
             status: Status = "insufficient_data"
         else:
             status = self.thresholds.status(value)
-        return FeatureWindow(column.name, column.role, n, tuple(counts.tolist()), missing, value, status)
+        return FeatureWindow(column.name, column.role, n, tuple(counts), missing, value, status)
 
     # --- accessors ---
 

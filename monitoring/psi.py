@@ -265,6 +265,33 @@ def psi(expected_shares: npt.ArrayLike, actual_counts: npt.ArrayLike, eps: float
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def floored_shares(expected_shares: npt.ArrayLike, eps: float = DEFAULT_EPS) -> tuple[float, ...]:
+    """Expected shares as `psi` uses them: normalised, floored at `eps`, renormalised. Compute once
+    per profile for `psi_of_counts`."""
+    e = np.asarray(expected_shares, np.float64)
+    e = np.maximum(e / e.sum(), eps)
+    e /= e.sum()
+    return tuple(e.tolist())
+
+
+def psi_of_counts(floored_expected: Sequence[float], counts: Sequence[int], eps: float = DEFAULT_EPS) -> float:
+    """`psi(expected, counts, eps)` with the expected side from `floored_shares`, in plain floats: a
+    window close evaluates every monitored column (~10 bins each), where numpy's per-call overhead was
+    most of the cost (13 µs per column against under 2 here). Same arithmetic, same result to ~1e-15."""
+    if len(counts) != len(floored_expected):
+        raise ValueError(f"psi: expected {len(floored_expected)} bins and actual {len(counts)} must match")
+    total = sum(counts)
+    if total <= 0:
+        raise ValueError("psi: no counts")
+    actual = [max(c / total, eps) for c in counts]
+    norm = sum(actual)
+    value = 0.0
+    for raw, e in zip(actual, floored_expected, strict=True):
+        a = raw / norm
+        value += (a - e) * math.log(a / e)
+    return value
+
+
 def min_samples(n_bins: int, moderate: float = 0.1) -> int:
     """The fewest rows for which a window's PSI is reported rather than `insufficient_data`.
 

@@ -16,10 +16,12 @@ from monitoring.psi import (
     NumericProfile,
     Thresholds,
     bin_counts,
+    floored_shares,
     min_samples,
     profile_from_dict,
     profile_from_sample,
     psi,
+    psi_of_counts,
 )
 
 RNG_SEED = 20240501
@@ -357,3 +359,26 @@ class TestMinSamples:
         draws = r.multinomial(n, expected, size=4000)
         alarms = sum(psi(expected, d) >= 0.1 for d in draws)
         assert alarms / len(draws) < 0.01
+
+
+class TestPsiOfCounts:
+    """The plain-float PSI a window close uses equals the numpy `psi` (to 1e-12) on the same shares."""
+
+    @pytest.mark.parametrize("seed", range(20))
+    def test_matches_numpy_psi(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        bins = int(rng.integers(2, 25))
+        expected = rng.dirichlet(np.ones(bins))
+        counts = rng.integers(0, 500, size=bins)
+        counts[rng.integers(0, bins)] = 0  # an empty bin: the eps floor matters
+        if counts.sum() == 0:
+            counts[0] = 1
+        want = psi(expected, counts)
+        got = psi_of_counts(floored_shares(expected), counts.tolist())
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+    def test_refuses_what_psi_refuses(self) -> None:
+        with pytest.raises(ValueError, match="no counts"):
+            psi_of_counts(floored_shares([0.5, 0.5]), [0, 0])
+        with pytest.raises(ValueError, match="must match"):
+            psi_of_counts(floored_shares([0.5, 0.5]), [1, 2, 3])
