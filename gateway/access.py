@@ -20,10 +20,11 @@ from typing import Any
 
 import orjson
 
-from gateway.authz import Role, access_for, allows, bearer_token, parse_role, required_role
+from gateway.authz import READ_METHODS, Role, access_for, allows, bearer_token, parse_role, required_role
 from gateway.errors import Forbidden, GatewayError, Unauthorized
 from registry.store import RegistryStore
 from registry.tokens import TokenStore
+from registry.writelog import record_write
 
 log = logging.getLogger("gateway.access")
 
@@ -137,22 +138,52 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
+class WriteAuditor:
+    """Records every write request that succeeded (authz classes deployer and admin: MLflow writes,
+    artifact uploads, /admin writes, feature pushes) in the registry's write_audit table, before its
+    response starts: a write the caller saw acknowledged has its row. `store` is set once the registry
+    is open; with access control off the actor is "local"."""
+
+    def __init__(self, store: RegistryStore | None = None) -> None:
+        self.store = store
+
+    def wrap(self, scope: Any, send: Any) -> Any:
+        async def audited_send(message: Any) -> None:
+            store = self.store
+            if message["type"] == "http.response.start" and message["status"] < 400 and store is not None:
+                method, path, status = scope["method"], scope["path"], message["status"]
+                try:
+                    await asyncio.to_thread(record_write, store, actor_of(scope), method, path, status)
+                except Exception as exc:  # the write itself is done; say loudly that its audit row is not
+                    log.error("write audit not recorded for %s %s (%d): %s", method, path, status, exc)
+            await send(message)
+
+        return audited_send
+
+
 class AccessGuard:
     """ASGI middleware: each request needs the role authz.py's table gives it. Denials answer in the
     endpoint group's error shape: MLflow's {"error_code", "message"} under /api/2.0/ (the mlflow
     client raises its usual RestException), else {"error"}; 401s carry WWW-Authenticate."""
 
     def __init__(self, app: ASGIApp, keyring: Keyring, *, enabled: bool, require_api_key: bool,
-                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+                 refresh: Callable[[], Awaitable[None]] | None = None, auditor: WriteAuditor | None = None) -> None:
         self.app = app
         self.keyring = keyring
         self.enabled = enabled
         self.require_api_key = require_api_key
         self.refresh = refresh
+        self.auditor = auditor
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.enabled and scope["type"] == "http":
-            needed = required_role(access_for(scope["method"], scope["path"]), self.require_api_key)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        access = access_for(scope["method"], scope["path"])
+        if self.auditor is not None and scope["method"] not in READ_METHODS and access in ("deployer", "admin"):
+            send = self.auditor.wrap(scope, send)
+        if self.enabled:
+            needed = required_role(access, self.require_api_key)
             if needed is not None:
                 if self.refresh is not None:
                     await self.refresh()

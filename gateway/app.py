@@ -25,7 +25,7 @@ from starlette.routing import Route
 from featurestore.api import FeatureAPI, feature_routes
 from featurestore.errors import FeatureStoreError
 from featurestore.online import StoreOptions, open_online_store
-from gateway.access import AccessGuard, Keyring
+from gateway.access import AccessGuard, Keyring, WriteAuditor
 from gateway.admin import Admin
 from gateway.armstats import StatsBoard
 from gateway.config import Config
@@ -136,6 +136,7 @@ def create_app(config: Config) -> Starlette:
     slot = InferenceSlot()
     admin = Admin()
     keyring = Keyring(config.admin_token)
+    auditor = WriteAuditor()  # its store is set once the lifespan opens the registry
     metrics = GatewayMetrics()
     board = StatsBoard()  # per-arm counts of the versions a rollout watches
     metrics.taps = board
@@ -149,6 +150,7 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(RegistryStore, config.database_url)
+        auditor.store = store
         await asyncio.to_thread(keyring.reload, store)  # tokens are valid from the first request
         executor = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="inference")
         artifacts = ArtifactStore(config.artifacts_dir)
@@ -239,7 +241,8 @@ def create_app(config: Config) -> Starlette:
     ]
     return GatewayApp(
         slot,
-        lambda app: AccessGuard(app, keyring, enabled=config.access_control, require_api_key=config.require_api_key),
+        lambda app: AccessGuard(app, keyring, enabled=config.access_control, require_api_key=config.require_api_key,
+                                auditor=auditor),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={

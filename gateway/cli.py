@@ -158,7 +158,7 @@ def registry_serve(host: str, port: int, admin_token: str | None, max_artifact_b
     """Serve /api/2.0/mlflow and /api/2.0/mlflow-artifacts (mlflow.set_tracking_uri("http://HOST:PORT"))."""
     import uvicorn
 
-    from gateway.access import AccessGuard, Keyring, PollingRefresh
+    from gateway.access import AccessGuard, Keyring, PollingRefresh, WriteAuditor
     from registry.api import create_registry_app
 
     config = _config(data_dir=data_dir, registry_url=registry_url, host=host, port=port, admin_token=admin_token,
@@ -167,7 +167,8 @@ def registry_serve(host: str, port: int, admin_token: str | None, max_artifact_b
     registry_app = create_registry_app(config.database_url, config.artifacts_dir, max_artifact_bytes=max_artifact_bytes)
     keyring = Keyring(config.admin_token)
     refresh = PollingRefresh(keyring, registry_app.state.store, config.poll_interval_s)
-    app = AccessGuard(registry_app, keyring, enabled=config.access_control, require_api_key=False, refresh=refresh)
+    app = AccessGuard(registry_app, keyring, enabled=config.access_control, require_api_key=False, refresh=refresh,
+                      auditor=WriteAuditor(registry_app.state.store))
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, server_header=False)
 
 

@@ -423,3 +423,20 @@ token_audit = sa.Table(
     sa.CheckConstraint(sa.column("action").in_(("create", "revoke")), name="action"),
     sqlite_autoincrement=True,
 )
+
+# --- write audit (logic in registry/writelog.py) -------------------------------------------------
+
+# Append-only: one row per write request that succeeded through the gateway's or the registry
+# service's HTTP API (MLflow writes, artifact uploads, /admin writes, feature pushes), recorded before
+# the response is sent. Routes, rollouts and tokens also keep their own detailed audits.
+write_audit = sa.Table(
+    "write_audit",
+    metadata,
+    sa.Column("id", _AUTO_ID, primary_key=True, autoincrement=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("path", sa.String(512), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sqlite_autoincrement=True,
+)

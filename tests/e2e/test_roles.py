@@ -231,6 +231,37 @@ def test_writes_are_audited_by_token_name(cluster: Cluster) -> None:
     assert not any(t in audit + r.text for t in cluster.issued)
 
 
+def test_every_successful_write_has_an_audit_row(cluster: Cluster) -> None:
+    """Writes through the HTTP APIs land in write_audit before they are acknowledged, named by token:
+    an MLflow write and a route change are recorded with their token's name and status; a refused write
+    (403), a failed one (400) and reads are not."""
+    from registry.store import RegistryStore
+    from registry.writelog import recent_writes
+
+    name = f"audited-{time.monotonic_ns()}"
+    assert cluster.call("POST", f"{MLFLOW}/experiments/create", cluster.tokens["admin"],
+                        json={"name": name}).status_code == 200
+    assert cluster.call("POST", f"{MLFLOW}/experiments/create", cluster.tokens["deployer"],
+                        json={"name": name + "-refused"}).status_code == 403
+    assert cluster.call("POST", f"{MLFLOW}/experiments/create", cluster.tokens["admin"],
+                        json={"name": ""}).status_code == 400
+    assert cluster.call("PUT", "/admin/routes/ticket_router", cluster.tokens["deployer"],
+                        json={"model": "ticket_router", "arms": [{"version": "1", "weight": 1}]}).status_code == 200
+    assert cluster.call("POST", f"{MLFLOW}/experiments/search", cluster.tokens["reader"],
+                        json={"max_results": 1}).status_code == 200
+    store = RegistryStore(cluster.database_url)
+    try:
+        rows = recent_writes(store, 2)
+    finally:
+        store.close()
+    # newest first, and nothing between them: the refused, failed and read requests left no row
+    assert [(r.actor, r.method, r.path, r.status) for r in rows] == [
+        ("token:test-deployer", "PUT", "/admin/routes/ticket_router", 200),
+        ("token:test-admin", "POST", f"{MLFLOW}/experiments/create", 200),
+    ]
+    assert all(t not in repr(rows) for t in cluster.issued)
+
+
 def test_registry_serve_alone_applies_roles_and_revokes(cluster: Cluster, tmp_path: Path) -> None:
     """`gateway registry serve` on the same registry: a deployer token promotes but may not create an
     experiment (403), a missing one is 401, and a new token is accepted and a revoked one refused after
