@@ -210,3 +210,32 @@ class TestDriftMergedInRedis:
                 second.stop()
         finally:
             first.stop()
+
+
+def test_sigterm_flushes_the_served_rows(tmp_path: Path, redis_url: str, redis_server: RedisServer) -> None:
+    """With no periodic flush due (interval 60 s), rows served before SIGTERM reach the shared Redis
+    counts on the way out: the window holds exactly the rows served, bin by bin as numpy bins them."""
+    import redis
+
+    gw = start_gateway(tmp_path / "gw", "--demo", "--redis", redis_url, "--drift-flush-interval", "60")
+    put_route(gw.url, "drift_drain", WINDOW)
+    wait_for_feed(gw.url, "drift_drain")
+    (entry,) = httpx.get(f"{gw.url}/monitoring/drift", params={"route": "drift_drain"}, timeout=10).json()["drift"]
+    edges = {f["name"]: f["edges"] for f in entry["features"]}
+    inputs = sample(9, rows=300)
+    send(gw.url, "drift_drain", inputs)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not client.keys("gateway:drift:drift_drain:*:w:*"), "counts were flushed before the signal"
+        assert gw.stop() == 0, gw.output()
+        (key,) = client.keys("gateway:drift:drift_drain:*:w:0")
+        counts = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+    finally:
+        client.close()
+    assert counts["__rows__"] == 300
+    for name in ("f0", SHIFTED[0]):
+        full = np.array([float(e) for e in edges[name]])
+        want = np.bincount(np.searchsorted(full[1:-1], inputs[:, FEATURES.index(name)].astype(np.float64), side="right"),
+                           minlength=len(full) - 1)
+        got = [counts.get(f"{name}:{i}", 0) for i in range(len(full) - 1)]
+        assert got == want.tolist(), name
