@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import monotonic
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +20,7 @@ from prometheus_client import Counter
 from gateway.batching import Arrays, DeadlineExceeded, MicroBatcher, QueueFull, RunFn, Tap
 from gateway.config import Config
 from gateway.errors import GatewayTimeout, InvalidInput, Overloaded
-from gateway.protocol.dtypes import numpy_dtype
+from gateway.protocol.dtypes import DATATYPE_OF_ORT, numpy_dtype
 from gateway.protocol.v1 import PredictDecoder, compile_predict_decoder
 from gateway.signature import InputValidator, compile_validator
 from monitoring.metrics import GatewayMetrics
@@ -116,12 +118,34 @@ def _uniform(signature: Signature) -> bool:
     return all(t.datatype != "BYTES" and all(d >= 0 for d in t.shape[1:]) for t in signature.inputs)
 
 
+class ModelMismatch(Exception):
+    """A version's stored file or its signature is not what the registry recorded for it."""
+
+
+def check_signature(session: ort.InferenceSession, signature: Signature) -> None:
+    """The session's inputs and outputs must be the registered ones: same names, same element types
+    (the registry's row may come from another writer, or the file may have been replaced)."""
+    def described(args: Any) -> list[tuple[str, str]]:
+        return [(a.name, DATATYPE_OF_ORT.get(a.type, a.type)) for a in args]
+
+    for what, have, want in (("inputs", described(session.get_inputs()), [(t.name, t.datatype) for t in signature.inputs]),
+                             ("outputs", described(session.get_outputs()), [(t.name, t.datatype) for t in signature.outputs])):
+        if sorted(have) != sorted(want):
+            raise ModelMismatch(f"the model's {what} are {have}, the registry's signature says {want}")
+
+
 def load_model(
     mv: ModelVersion, artifacts: ArtifactStore, config: Config, executor: Executor, metrics: GatewayMetrics
 ) -> LoadedModel:
-    """Blocking: create the session, run the warm-up inference, and pick inline vs executor by its time."""
+    """Blocking: check the file and its signature, create the session, run the warm-up inference, and
+    pick inline vs executor by its time. Raises ModelMismatch when the stored file is not the registered
+    one or does not have the registered signature (the route then keeps its previous version)."""
     data = artifacts.read_bytes(mv.artifact_sha256)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != mv.artifact_sha256:
+        raise ModelMismatch(f"the stored file hashes to {actual[:12]}, not the registered {mv.artifact_sha256[:12]}")
     session = ort.InferenceSession(data, _session_options(config), providers=["CPUExecutionProvider"])
+    check_signature(session, mv.signature)
     input_names = [t.name for t in mv.signature.inputs]
     output_names = tuple(t.name for t in mv.signature.outputs)
     string_inputs = {i for i, t in enumerate(mv.signature.inputs) if t.datatype == "BYTES"}

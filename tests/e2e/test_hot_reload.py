@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -134,6 +136,48 @@ def test_version_that_fails_to_load_leaves_route_on_previous(tmp_path: Path) -> 
         assert traffic.errors == []
         assert {v for _, v, _ in traffic.seen} == {"1"}
         assert "failed to load" in gw.output()
+    finally:
+        gw.stop()
+
+
+def test_version_with_a_wrong_signature_is_refused_at_load(tmp_path: Path) -> None:
+    """A promoted version whose registry row declares a signature its file does not have (a row written
+    by another tool, say) is refused at load: the route keeps serving the previous version without a
+    failed request, and /health, /metrics and the log name the mismatch."""
+    gw: GatewayProcess = start_gateway(tmp_path / "gw", "--demo")
+    try:
+        good = tmp_path / "v3.onnx"
+        good.write_bytes(build_mlp(3))
+        gw.cli("models", "register", "churn", str(good))
+        database = sqlite3.connect(gw.data_dir / "registry.db")
+        try:
+            with database:
+                (text,) = database.execute(
+                    "SELECT signature FROM model_versions WHERE name = 'churn' AND version = 3").fetchone()
+                signature = json.loads(text)
+                signature["inputs"][0]["name"] = "renamed_input"
+                database.execute("UPDATE model_versions SET signature = ? WHERE name = 'churn' AND version = 3",
+                                 (json.dumps(signature),))
+        finally:
+            database.close()
+        with Traffic(gw.url, threads=2) as traffic:
+            gw.cli("models", "promote", "churn", "3", "--alias", "champion")
+            deadline = time.monotonic() + 5
+            health: dict[str, object] = {}
+            while time.monotonic() < deadline:
+                health = httpx.get(f"{gw.url}/health").json()
+                if "churn/3" in health["load_failures"]:  # type: ignore[operator]
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)
+        failures: dict[str, str] = health["load_failures"]  # type: ignore[assignment]
+        assert "the registry's signature says" in failures["churn/3"] and "renamed_input" in failures["churn/3"], health
+        assert health["routes"]["churn"]["version"] == "1"  # type: ignore[index]
+        assert traffic.errors == []
+        assert {v for _, v, _ in traffic.seen} == {"1"}
+        assert 'gateway_model_loads_total{model="churn",outcome="failed",version="3"} 1.0' in httpx.get(
+            f"{gw.url}/metrics").text
+        assert "failed to load churn v3" in gw.output()
     finally:
         gw.stop()
 
