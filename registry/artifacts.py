@@ -28,19 +28,13 @@ def _fsync_dir(directory: Path) -> None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file beside `path`, fsync, then rename over it: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    upload = Upload(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        upload.write(data)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        upload.abort()
         raise
-    if os.name == "posix":
-        _fsync_dir(path.parent)
+    upload.commit()
 
 
 class Upload:
@@ -113,30 +107,21 @@ class ArtifactStore:
         hashed on the way, and renamed into place only when it hashes to `sha256`, so no reader ever
         sees unverified bytes. Raises ArtifactMismatch, or ArtifactFetchFailed past `max_bytes`; what
         `chunks` raises propagates. Nothing is left behind on failure."""
-        path = self.path_for(sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        upload = Upload(self.path_for(sha256))
         try:
             digest, size = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ArtifactFetchFailed(f"Artifact {sha256} is larger than the limit of {max_bytes} bytes")
-                    digest.update(chunk)
-                    f.write(chunk)
-                if digest.hexdigest() != sha256:
-                    raise ArtifactMismatch(
-                        f"Artifact {sha256}: the {size} bytes received hash to {digest.hexdigest()}; discarded"
-                    )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ArtifactFetchFailed(f"Artifact {sha256} is larger than the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                upload.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise ArtifactMismatch(f"Artifact {sha256}: the {size} bytes received hash to {digest.hexdigest()}; discarded")
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            upload.abort()
             raise
-        if os.name == "posix":
-            _fsync_dir(path.parent)
+        upload.commit()
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
