@@ -110,6 +110,21 @@ def test_stage_promotion_is_followed_when_no_champion(tmp_path: Path) -> None:
         gw.stop()
 
 
+def promote_and_wait_for_load_failure(gw: GatewayProcess, version: str) -> dict[str, object]:
+    """Promote churn `version` to champion; /health once it lists the failed load (bounded), after a
+    further 0.3 s of traffic on whatever the route then serves."""
+    gw.cli("models", "promote", "churn", version, "--alias", "champion")
+    deadline = time.monotonic() + 5
+    health: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{gw.url}/health").json()
+        if f"churn/{version}" in health["load_failures"]:  # type: ignore[operator]
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return health
+
+
 def test_version_that_fails_to_load_leaves_route_on_previous(tmp_path: Path) -> None:
     """A promoted version whose artifact is corrupt never replaces the serving one, and /health says why."""
     gw: GatewayProcess = start_gateway(tmp_path / "gw", "--demo")
@@ -122,15 +137,7 @@ def test_version_that_fails_to_load_leaves_route_on_previous(tmp_path: Path) -> 
         assert len(blobs) == 1, "the registered file is stored content-addressed by its sha256"
         blobs[0].write_bytes(b"corrupted on disk")
         with Traffic(gw.url, threads=2) as traffic:
-            gw.cli("models", "promote", "churn", "3", "--alias", "champion")
-            deadline = time.monotonic() + 5
-            health: dict[str, object] = {}
-            while time.monotonic() < deadline:
-                health = httpx.get(f"{gw.url}/health").json()
-                if "churn/3" in health["load_failures"]:  # type: ignore[operator]
-                    break
-                time.sleep(0.05)
-            time.sleep(0.3)
+            health = promote_and_wait_for_load_failure(gw, "3")
         assert "churn/3" in health["load_failures"], health  # type: ignore[operator]
         assert health["routes"]["churn"]["version"] == "1"  # type: ignore[index]
         assert traffic.errors == []
@@ -161,15 +168,7 @@ def test_version_with_a_wrong_signature_is_refused_at_load(tmp_path: Path) -> No
         finally:
             database.close()
         with Traffic(gw.url, threads=2) as traffic:
-            gw.cli("models", "promote", "churn", "3", "--alias", "champion")
-            deadline = time.monotonic() + 5
-            health: dict[str, object] = {}
-            while time.monotonic() < deadline:
-                health = httpx.get(f"{gw.url}/health").json()
-                if "churn/3" in health["load_failures"]:  # type: ignore[operator]
-                    break
-                time.sleep(0.05)
-            time.sleep(0.3)
+            health = promote_and_wait_for_load_failure(gw, "3")
         failures: dict[str, str] = health["load_failures"]  # type: ignore[assignment]
         assert "the registry's signature says" in failures["churn/3"] and "renamed_input" in failures["churn/3"], health
         assert health["routes"]["churn"]["version"] == "1"  # type: ignore[index]
