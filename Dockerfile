@@ -2,9 +2,10 @@
 #
 #   docker run --rm -p 8000:8000 -e GATEWAY_ADMIN_TOKEN="$(openssl rand -hex 24)" model-gateway:0.1.0 serve --host 0.0.0.0 --demo
 #
-# Two stages on one pinned base: `builder` builds the project's wheel and installs it with its dependencies
-# into /opt/venv (every dependency ships manylinux wheels, so no compiler is installed even there); the final
-# stage copies only that venv, so it has no build tools, no sources and no pip cache, and runs as UID 10001.
+# Two stages on one pinned base: `builder` compiles the project's one C part (monitoring/_binning.c, drift's
+# binning kernel: setup.py), builds the project's wheel and installs it with its dependencies into /opt/venv
+# (every dependency ships manylinux wheels); the final stage copies only that venv, so it has no compiler, no
+# sources and no pip cache, and runs as UID 10001.
 #
 # Configuration is the GATEWAY_* variables of `gateway serve` (every flag reads GATEWAY_<FLAG>):
 #   GATEWAY_ADMIN_TOKEN    REQUIRED: the default command binds 0.0.0.0, and the gateway refuses a non-loopback
@@ -26,14 +27,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY gateway ./gateway
 COPY registry ./registry
 COPY featurestore ./featurestore
 COPY monitoring ./monitoring
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --only-binary=:all: /wheels/*.whl
+ && /opt/venv/bin/pip install --only-binary=:all: /wheels/*.whl \
+ && cd / && /opt/venv/bin/python -c "import monitoring._binning"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="model-gateway" \

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,20 +37,31 @@ from monitoring.psi import (
     CategoricalProfile,
     NumericProfile,
     Profile,
+    SegmentedPsi,
     Status,
     Thresholds,
     categorical_indices,
-    floored_shares,
-    psi_of_counts,
 )
 
 Role = Literal["input", "output"]
+
+
 Columns = Mapping[str, npt.ArrayLike] | npt.NDArray[Any]
 """A batch: named 1-D columns (or [rows, 1]), or one 2-D array whose columns follow the tracker's order."""
 
+_bin_batch: Callable[..., None] | None
+try:  # the one-pass binning kernel (monitoring/_binning.c); absent where it could not be compiled
+    from monitoring import _binning
+
+    _bin_batch = _binning.bin_batch
+    _KERNEL_WIDTH = _binning.edge_width()
+except ImportError:  # pragma: no cover - depends on the build
+    _bin_batch = None
+    _KERNEL_WIDTH = 0
+
 DEFAULT_HISTORY = 32
 _BROADCAST_CELLS = 1 << 12  # rows * numeric columns * edges up to which one 3-D comparison beats a loop over edges
-_BLOCK_CELLS = 1 << 16  # rows * columns per block of the edge loop (fits L2 with its temporaries)
+_BLOCK_CELLS = 1 << 20  # values per block of the edge loop (bounds its temporaries: 1 MB of flags)
 _SEVERITY: Mapping[Status, int] = {"insufficient_data": 0, "stable": 1, "moderate": 2, "significant": 3}
 
 
@@ -93,15 +104,54 @@ class WindowPolicy:
         return {"window_requests": self.rows, "window_seconds": self.seconds}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where each column's k bins and its missing slot sit in a tracker's count vector:
+    (name, offset, k + 1) per column, in the tracker's order; `size` is the vector's length."""
+
+    columns: tuple[tuple[str, int, int], ...]
+    size: int
+
+
 class BinCounts:
     """Counts for a batch or a window: `rows`, and per column name k bin counts then the missing count.
 
-    Arrays may be shorter than k+1 (a sink returns only the bins it saw); trackers pad them with zeros.
+    A tracker's counts (`DriftTracker.split`) hold one count vector in the tracker's `Layout`, and
+    `bins` are views of it made on first use: sinks that know the layout merge whole vectors, one
+    numpy add per window instead of one per column. Counts built from a mapping (a sink that stores
+    fields) have no vector; their arrays may be shorter than k+1 (trailing zero bins omitted), and
+    trackers pad them with zeros.
     """
 
-    rows: int
-    bins: Mapping[str, npt.NDArray[np.int64]]
+    __slots__ = ("_bins", "layout", "rows", "vector")
+
+    def __init__(
+        self,
+        rows: int,
+        bins: Mapping[str, npt.NDArray[np.int64]] | None = None,
+        *,
+        vector: npt.NDArray[np.int64] | None = None,
+        layout: Layout | None = None,
+    ) -> None:
+        if (vector is None) == (bins is None) or (vector is None) != (layout is None):
+            raise ValueError("bin counts: give either bins, or a vector with its layout")
+        if vector is not None and layout is not None and vector.shape != (layout.size,):
+            raise ValueError(f"bin counts: a vector of {vector.size} for a layout of {layout.size}")
+        self.rows = rows
+        self.vector = vector
+        self.layout = layout
+        self._bins = bins
+
+    @property
+    def bins(self) -> Mapping[str, npt.NDArray[np.int64]]:
+        if self._bins is None:
+            assert self.vector is not None and self.layout is not None
+            vector = self.vector
+            self._bins = {name: vector[offset : offset + width] for name, offset, width in self.layout.columns}
+        return self._bins
+
+    def __repr__(self) -> str:
+        return f"BinCounts(rows={self.rows}, bins={dict(self.bins)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +222,7 @@ class _Group:
     """The compiled binning of one group of columns (inputs or outputs): numeric edges padded into
     one matrix, categorical lookups, and each column's offset in the tracker's count vector."""
 
-    def __init__(self, columns: Sequence[MonitoredColumn]) -> None:
+    def __init__(self, columns: Sequence[MonitoredColumn], slot_dtype: type[np.unsignedinteger[Any]] | type[np.intp]) -> None:
         self.names = tuple(c.name for c in columns)
         self.width = len(columns)
         numeric = [(i, c) for i, c in enumerate(columns) if isinstance(c.profile, NumericProfile)]
@@ -185,27 +235,25 @@ class _Group:
         for row, (_, c) in enumerate(numeric):
             assert isinstance(c.profile, NumericProfile)
             self.edges[row, : c.profile.edges.size] = c.profile.edges
-        # For float32 input, the smallest float32 >= each edge gives exactly the float64 comparison
-        # (x >= e iff x >= ceil32(e) for any float32 x), without converting the batch.
-        edges32 = self.edges.astype(np.float32)
-        self.edges32 = np.where(edges32 < self.edges, np.nextafter(edges32, np.float32(np.inf)), edges32)
-        self.offsets = np.array([c.offset for _, c in numeric], np.intp)
-        self.missing = np.array([c.offset + c.n_bins for _, c in numeric], np.intp)
+        self.edges32 = _ceil32(self.edges)
+        self.offsets = np.array([c.offset for _, c in numeric], slot_dtype)
+        self.missing = np.array([c.offset + c.n_bins for _, c in numeric], slot_dtype)
         self.categorical = [
             (i, c.name, c.offset, c.profile.categories)
             for i, c in enumerate(columns)
             if isinstance(c.profile, CategoricalProfile)
         ]
 
-    def fill(self, columns: Columns, out: npt.NDArray[np.intp], first: int) -> None:
-        """Write each row's slot index for this group's columns into out[:, first:first + width]."""
-        rows = out.shape[0]
-        block = out[:, first : first + self.width]
+    def fill(self, columns: Columns, out: npt.NDArray[np.integer[Any]], first: int) -> None:
+        """Write each row's slot index for this group's columns into out[first:first + width, :]
+        (column-major: one row of `out` per monitored column)."""
+        rows = out.shape[1]
+        block = out[first : first + self.width]
         if isinstance(columns, np.ndarray):
             matrix = columns if columns.ndim == 2 else columns.reshape(rows, -1 if columns.ndim > 2 else 1)
             if matrix.shape[1] != self.width:
                 raise ValueError(f"drift: a 2-D batch needs {self.width} columns ({', '.join(self.names)}), got {matrix.shape[1]}")
-            numeric = matrix if self.all_numeric else matrix[:, self.numeric_pos]
+            numeric = np.ascontiguousarray((matrix if self.all_numeric else matrix[:, self.numeric_pos]).T)
             categorical = [matrix[:, pos] for pos, *_ in self.categorical]
         else:
             numeric = self._stack(columns, rows)
@@ -214,14 +262,14 @@ class _Group:
             if self.all_numeric:
                 self._numeric_slots(numeric, block)
             else:
-                slots = np.empty(numeric.shape, np.intp)
+                slots = np.empty(numeric.shape, out.dtype)
                 self._numeric_slots(numeric, slots)
-                block[:, self.numeric_pos] = slots
+                block[self.numeric_pos] = slots
         for (pos, _, offset, categories), values in zip(self.categorical, categorical, strict=True):
-            block[:, pos] = categorical_indices(categories, values) + offset
+            block[pos] = categorical_indices(categories, values) + offset
 
     def _stack(self, columns: Mapping[str, npt.ArrayLike], rows: int) -> npt.NDArray[Any]:
-        """The numeric columns as a (rows, k) matrix; `np.array` of the list beats column_stack 4x."""
+        """The numeric columns as a (k, rows) matrix; `np.array` of the list beats column_stack 4x."""
         try:
             stacked = np.array([columns[name] for name in self.numeric_names])
         except KeyError as exc:
@@ -231,7 +279,7 @@ class _Group:
         if stacked.size != rows * len(self.numeric_names):
             for name in self.numeric_names:
                 self._column(columns, name, rows)
-        return stacked.reshape(len(self.numeric_names), rows).T
+        return stacked.reshape(len(self.numeric_names), rows)
 
     def _column(self, columns: Mapping[str, npt.ArrayLike], name: str, rows: int) -> npt.NDArray[Any]:
         try:
@@ -242,33 +290,42 @@ class _Group:
             raise ValueError(f"drift: column {name!r} has {column.size} values, expected {rows} (one per row)")
         return column.reshape(rows)
 
-    def _numeric_slots(self, x: npt.NDArray[Any], out: npt.NDArray[np.intp]) -> None:
-        """Write the slot of every value of the (rows, numeric columns) matrix `x` into `out`."""
+    def _numeric_slots(self, x: npt.NDArray[Any], out: npt.NDArray[np.integer[Any]]) -> None:
+        """Write the slot of every value of the (numeric columns, rows) matrix `x` into `out`."""
         if x.dtype != np.float32:
             x = x.astype(np.float64, copy=False)
         edges = self.edges32 if x.dtype == np.float32 else self.edges
-        rows, width = x.shape
+        width, rows = x.shape
         if rows * width * edges.shape[1] <= _BROADCAST_CELLS:
-            out[...] = np.count_nonzero(x[:, :, None] >= edges, axis=2)
-            out += self.offsets
+            out[...] = np.count_nonzero(x[:, :, None] >= edges[:, None, :], axis=2)
+            out += self.offsets[:, None]
         else:
-            # One pass per edge, counting into uint8, over row blocks that stay in cache: several
-            # times faster than a searchsorted per column.
+            # One pass per edge over whole rows of `x` (a column each, contiguous) against that
+            # column's edge: long SIMD runs, a few times faster than a searchsorted per column or
+            # comparing row-major batches (inner loops as short as the row). Blocks bound the
+            # temporaries for very large flushes.
             step = max(1, _BLOCK_CELLS // width)
-            above = np.empty((min(step, rows), width), np.bool_)
-            acc = np.empty((min(step, rows), width), np.uint8 if edges.shape[1] < 255 else np.uint16)
+            counter = np.uint8 if edges.shape[1] < 255 else np.uint16
             for lo in range(0, rows, step):
-                part = x[lo : lo + step]
-                n = part.shape[0]
-                acc[:n] = 0
-                for edge in edges.T:
-                    np.greater_equal(part, edge, out=above[:n])
-                    acc[:n] += above[:n].view(np.uint8)
-                np.add(acc[:n], self.offsets, out=out[lo : lo + n])
+                part = x[:, lo : lo + step] if rows > step else x
+                above = np.empty(part.shape, np.bool_)
+                flags = above.view(np.uint8)
+                acc = np.zeros(part.shape, counter)
+                for j in range(edges.shape[1]):
+                    np.greater_equal(part, edges[:, j : j + 1], out=above)
+                    acc += flags
+                np.add(acc, self.offsets[:, None], out=out[:, lo : lo + step])
         if x.dtype.kind == "f":
             nan = np.isnan(x)
             if nan.any():
-                np.copyto(out, np.broadcast_to(self.missing, out.shape), where=nan)
+                np.copyto(out, self.missing[:, None], where=nan)
+
+
+def _ceil32(edges: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """The smallest float32 >= each edge: for float32 x, x >= e exactly when x >= ceil32(e), so float32
+    batches are compared without converting them (NaN and infinities map to themselves)."""
+    rounded = edges.astype(np.float32)
+    return np.where(rounded < edges, np.nextafter(rounded, np.float32(np.inf)), rounded)
 
 
 def decision_column(array: npt.ArrayLike) -> npt.NDArray[Any]:
@@ -325,14 +382,29 @@ class DriftTracker:
                 columns.append(MonitoredColumn(name, role, profile, offset, self.thresholds.min_rows_for(profile.n_bins)))
                 offset += profile.n_bins + 1
         self.columns: tuple[MonitoredColumn, ...] = tuple(columns)
-        # Per column, precomputed for window closes: (offset, bins, expected shares as psi floors them).
-        self._closing = tuple((c.offset, c.n_bins, floored_shares(c.profile.expected, self.thresholds.eps)) for c in columns)
+        self.layout = Layout(tuple((c.name, c.offset, c.n_bins + 1) for c in columns), offset)
+        # For window closes: every column's bins (missing slots left out), rated in one pass.
+        self._bin_slots = np.concatenate([np.arange(c.offset, c.offset + c.n_bins) for c in columns])
+        self._rate = SegmentedPsi([c.profile.expected for c in columns], self.thresholds.eps)
         self._by_name = {c.name: c for c in columns}
         self.feature_names = tuple(n for n, _ in inputs)
         self.output_names = tuple(n for n, _ in extra)
         self._size = offset  # slot `offset` itself is the dump for absent outputs
-        self._inputs = _Group(columns[: len(inputs)])
-        self._outputs = _Group(columns[len(inputs) :]) if extra else None
+        # Slot matrices are kept between binning and a flush: two bytes per cell when the vector allows.
+        self.slot_dtype: type[np.unsignedinteger[Any]] | type[np.intp] = np.uint16 if offset < 0xFFFF else np.intp
+        self._inputs = _Group(columns[: len(inputs)], self.slot_dtype)
+        self._outputs = _Group(columns[len(inputs) :], self.slot_dtype) if extra else None
+        # The compiled kernel's plan, when it can bin every column (all numeric with fewer edges than its
+        # fixed width, slots that fit uint16).
+        self.compiled = _bin_batch is not None and self.slot_dtype is np.uint16 and all(
+            isinstance(c.profile, NumericProfile) and c.n_bins <= _KERNEL_WIDTH for c in columns)
+        edges = np.full((len(columns), _KERNEL_WIDTH), np.inf)
+        for i, c in enumerate(columns):
+            if isinstance(c.profile, NumericProfile) and c.n_bins <= _KERNEL_WIDTH:
+                edges[i, : c.profile.edges.size] = c.profile.edges
+        self._kernel_plan = np.array([(c.n_bins - 1, c.offset, c.offset + c.n_bins) for c in columns], np.int32).tobytes()
+        self._kernel_edges = edges.tobytes()
+        self._kernel_edges32 = _ceil32(edges).tobytes()
         self._counts = np.zeros(self._size, np.int64)
         self._rows = 0
         self._start: float | None = None
@@ -343,35 +415,48 @@ class DriftTracker:
 
     # --- counting (pure functions of the batch) ---
 
-    def locate(self, columns: Columns, outputs: Columns | None = None) -> npt.NDArray[np.intp]:
-        """Slot index per (row, column) in the count vector; rows without outputs point at the dump slot."""
+    def locate(self, columns: Columns, outputs: Columns | None = None) -> npt.NDArray[np.integer[Any]]:
+        """Slot index per (column, row) in the count vector (column-major: `slots[:, a:b]` are rows a..b);
+        rows without outputs point at the dump slot."""
         rows = _rows_of(columns)
-        slots = np.empty((rows, len(self.columns)), np.intp)
+        slots = np.empty((len(self.columns), rows), self.slot_dtype)
         self._inputs.fill(columns, slots, 0)
         if self._outputs is not None:
             if outputs is None or rows == 0:
-                slots[:, self._inputs.width :] = self._size
+                slots[self._inputs.width :] = self._size
             else:
                 if _rows_of(outputs) != rows:
                     raise ValueError(f"drift: outputs have {_rows_of(outputs)} rows, inputs {rows}")
                 self._outputs.fill(outputs, slots, self._inputs.width)
         return slots
 
-    def tally(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+    def bin_batch(self, matrix: Any, outputs: tuple[Any, ...], counts: Any, slots: Any, row: int) -> None:
+        """With the compiled kernel (`compiled`): count a batch, the float32/float64 (rows, features)
+        `matrix` and one float array of one value per row for each output, into the int64 buffer
+        `counts`, and write each row's slots (as `locate` gives them) into rows row.. of the uint16
+        (capacity, columns) buffer `slots`. Raises TypeError, ValueError or BufferError for a batch it
+        cannot take, having changed nothing."""
+        assert _bin_batch is not None
+        _bin_batch(matrix, outputs, self._kernel_plan, self._kernel_edges, self._kernel_edges32, counts, slots, row)
+
+    def tally(self, slots: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int64]:
         """The count vector (all columns' slots) of a slot matrix from `locate`."""
         return np.bincount(slots.reshape(-1), minlength=self._size + 1)[: self._size].astype(np.int64, copy=False)
 
     def count(self, columns: Columns, outputs: Columns | None = None) -> BinCounts:
         """A batch's counts per column, for a CountSink; changes nothing here."""
         slots = self.locate(columns, outputs)
-        return self.split(self.tally(slots), slots.shape[0])
+        return self.split(self.tally(slots), slots.shape[1])
 
     def split(self, vector: npt.NDArray[np.int64], rows: int) -> BinCounts:
-        """A count vector as BinCounts keyed by column name (each k bins + missing)."""
-        return BinCounts(rows, {c.name: vector[c.offset : c.offset + c.n_bins + 1] for c in self.columns})
+        """A count vector as BinCounts in this tracker's layout (each column k bins + missing)."""
+        return BinCounts(rows, vector=vector, layout=self.layout)
 
     def join(self, counts: BinCounts) -> npt.NDArray[np.int64]:
-        """BinCounts (possibly with short or absent arrays) as one count vector; unknown names raise."""
+        """BinCounts (possibly with short or absent arrays) as one count vector; unknown names raise.
+        Counts in this tracker's layout give their own vector (not a copy)."""
+        if counts.vector is not None and (counts.layout is self.layout or counts.layout == self.layout):
+            return counts.vector
         vector = np.zeros(self._size, np.int64)
         for name, array in counts.bins.items():
             column = self._by_name.get(name)
@@ -389,14 +474,14 @@ class DriftTracker:
         """Count a batch into the current window, closing windows as limits are reached; returns those closed."""
         closed = self._roll(now)
         slots = self.locate(columns, outputs)
-        rows = slots.shape[0]
+        rows = slots.shape[1]
         if self._start is None:
             self._start = now
         limit = self.policy.rows
         done = 0
         while done < rows:
             take = rows - done if limit is None else min(rows - done, limit - self._rows)
-            self._counts += self.tally(slots[done : done + take])
+            self._counts += self.tally(slots[:, done : done + take])
             self._rows += take
             done += take
             if limit is not None and self._rows >= limit:
@@ -440,8 +525,17 @@ class DriftTracker:
         return [self._close(self._start + seconds, self._counts, self._rows, next_start)]
 
     def _close(self, end: float, vector: npt.NDArray[np.int64], rows: int, next_start: float) -> ClosedWindow:
-        values = vector.tolist()  # one conversion; each column then works on a plain list slice
-        results = tuple(self._evaluate(c, values, closing) for c, closing in zip(self.columns, self._closing, strict=True))
+        values, totals = self._rate(vector[self._bin_slots])
+        counts = vector.tolist()  # one conversion; each column then slices a plain list
+        status_of = self.thresholds.status
+        results = tuple(
+            FeatureWindow(
+                c.name, c.role, n, tuple(counts[c.offset : c.offset + c.n_bins]), counts[c.offset + c.n_bins],
+                None if n == 0 else value,
+                "insufficient_data" if n < c.min_rows or n == 0 else status_of(value),
+            )
+            for c, value, n in zip(self.columns, values.tolist(), totals.tolist(), strict=True)
+        )
         inputs = [f for f in results if f.role == "input"]
         rated = [f for f in inputs if f.status != "insufficient_data" and f.psi is not None]
         worst = max(rated, key=lambda f: f.psi or 0.0) if rated else None
@@ -455,19 +549,6 @@ class DriftTracker:
         self._rows = 0
         self._start = next_start
         return window
-
-    def _evaluate(self, column: MonitoredColumn, values: list[int],
-                  closing: tuple[int, int, tuple[float, ...]]) -> FeatureWindow:
-        offset, bins, expected = closing
-        counts = values[offset : offset + bins]
-        missing = values[offset + bins]
-        n = sum(counts)
-        value = psi_of_counts(expected, counts, self.thresholds.eps) if n else None
-        if value is None or n < column.min_rows:
-            status: Status = "insufficient_data"
-        else:
-            status = self.thresholds.status(value)
-        return FeatureWindow(column.name, column.role, n, tuple(counts), missing, value, status)
 
     # --- accessors ---
 

@@ -265,31 +265,48 @@ def psi(expected_shares: npt.ArrayLike, actual_counts: npt.ArrayLike, eps: float
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def floored_shares(expected_shares: npt.ArrayLike, eps: float = DEFAULT_EPS) -> tuple[float, ...]:
+def floored_shares(expected_shares: npt.ArrayLike, eps: float = DEFAULT_EPS) -> npt.NDArray[np.float64]:
     """Expected shares as `psi` uses them: normalised, floored at `eps`, renormalised. Compute once
-    per profile for `psi_of_counts`."""
+    per profile for `SegmentedPsi`."""
     e = np.asarray(expected_shares, np.float64)
     e = np.maximum(e / e.sum(), eps)
-    e /= e.sum()
-    return tuple(e.tolist())
+    floored: npt.NDArray[np.float64] = e / e.sum()
+    return floored
 
 
-def psi_of_counts(floored_expected: Sequence[float], counts: Sequence[int], eps: float = DEFAULT_EPS) -> float:
-    """`psi(expected, counts, eps)` with the expected side from `floored_shares`, in plain floats: a
-    window close evaluates every monitored column (~10 bins each), where numpy's per-call overhead was
-    most of the cost (13 µs per column against under 2 here). Same arithmetic, same result to ~1e-15."""
-    if len(counts) != len(floored_expected):
-        raise ValueError(f"psi: expected {len(floored_expected)} bins and actual {len(counts)} must match")
-    total = sum(counts)
-    if total <= 0:
-        raise ValueError("psi: no counts")
-    actual = [max(c / total, eps) for c in counts]
-    norm = sum(actual)
-    value = 0.0
-    for raw, e in zip(actual, floored_expected, strict=True):
-        a = raw / norm
-        value += (a - e) * math.log(a / e)
-    return value
+class SegmentedPsi:
+    """`psi` for many columns at once: each column owns a segment of one flat count vector.
+
+    A window close rates every monitored column (33 of ~10 bins in the benchmark); one pass of a dozen
+    numpy calls over the concatenated segments replaces a Python loop per column (about 15 µs for all
+    33 against 7 µs per column). Same arithmetic as `psi`: equal to ~1e-15.
+    """
+
+    def __init__(self, expected: Sequence[npt.ArrayLike], eps: float = DEFAULT_EPS) -> None:
+        if not expected:
+            raise ValueError("psi: no columns")
+        floored = [floored_shares(e, eps) for e in expected]
+        self.widths = np.array([f.size for f in floored], np.intp)
+        if (self.widths < 1).any():
+            raise ValueError("psi: every column needs at least one bin")
+        self.starts = np.concatenate(([0], np.cumsum(self.widths)[:-1])).astype(np.intp)
+        self.expected = np.concatenate(floored)
+        self.log_expected = np.log(self.expected)
+        self.eps = eps
+
+    def __call__(self, counts: npt.NDArray[np.integer[Any]]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """(PSI per column, rows per column) of the concatenated per-bin counts; PSI is NaN where a
+        column has no counts."""
+        if counts.shape != self.expected.shape:
+            raise ValueError(f"psi: {counts.size} counts for {self.expected.size} bins")
+        totals = np.add.reduceat(counts, self.starts).astype(np.int64, copy=False)
+        a = counts / np.repeat(np.maximum(totals, 1), self.widths)
+        np.maximum(a, self.eps, out=a)
+        a /= np.repeat(np.add.reduceat(a, self.starts), self.widths)
+        terms = (a - self.expected) * (np.log(a) - self.log_expected)
+        values = np.add.reduceat(terms, self.starts)
+        values[totals == 0] = np.nan
+        return values, totals
 
 
 def min_samples(n_bins: int, moderate: float = 0.1) -> int:

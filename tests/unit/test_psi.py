@@ -14,14 +14,13 @@ from monitoring.psi import (
     OTHER,
     CategoricalProfile,
     NumericProfile,
+    SegmentedPsi,
     Thresholds,
     bin_counts,
-    floored_shares,
     min_samples,
     profile_from_dict,
     profile_from_sample,
     psi,
-    psi_of_counts,
 )
 
 RNG_SEED = 20240501
@@ -361,24 +360,26 @@ class TestMinSamples:
         assert alarms / len(draws) < 0.01
 
 
-class TestPsiOfCounts:
-    """The plain-float PSI a window close uses equals the numpy `psi` (to 1e-12) on the same shares."""
+class TestSegmentedPsi:
+    """The all-columns-at-once PSI a window close uses equals `psi` per column (to 1e-12)."""
 
     @pytest.mark.parametrize("seed", range(20))
-    def test_matches_numpy_psi(self, seed: int) -> None:
+    def test_matches_numpy_psi_per_column(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        bins = int(rng.integers(2, 25))
-        expected = rng.dirichlet(np.ones(bins))
-        counts = rng.integers(0, 500, size=bins)
-        counts[rng.integers(0, bins)] = 0  # an empty bin: the eps floor matters
-        if counts.sum() == 0:
-            counts[0] = 1
-        want = psi(expected, counts)
-        got = psi_of_counts(floored_shares(expected), counts.tolist())
-        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+        widths = rng.integers(1, 25, size=int(rng.integers(1, 40)))
+        expected = [rng.dirichlet(np.ones(w)) for w in widths]
+        counts = [rng.integers(0, 500, size=w) for w in widths]
+        for c in counts:
+            c[rng.integers(0, c.size)] = 0  # an empty bin: the eps floor matters
+        counts[0][:] = 0  # a column with no rows at all
+        values, totals = SegmentedPsi(expected)(np.concatenate(counts))
+        for e, c, got, n in zip(expected, counts, values.tolist(), totals.tolist(), strict=True):
+            assert n == c.sum()
+            if n == 0:
+                assert math.isnan(got)
+            else:
+                assert got == pytest.approx(psi(e, c), rel=1e-12, abs=1e-15)
 
-    def test_refuses_what_psi_refuses(self) -> None:
-        with pytest.raises(ValueError, match="no counts"):
-            psi_of_counts(floored_shares([0.5, 0.5]), [0, 0])
-        with pytest.raises(ValueError, match="must match"):
-            psi_of_counts(floored_shares([0.5, 0.5]), [1, 2, 3])
+    def test_refuses_a_wrong_length(self) -> None:
+        with pytest.raises(ValueError, match="3 counts for 4 bins"):
+            SegmentedPsi([[0.5, 0.5], [0.2, 0.8]])(np.array([1, 2, 3]))
