@@ -90,17 +90,21 @@ def start_gateway(data_dir: Path, *args: str, wait_ready: bool = True, **env: st
     return gw
 
 
-def wait_until_ready(gw: GatewayProcess, timeout: float = STARTUP_TIMEOUT_S) -> None:
+def wait_until_ready(gw: GatewayProcess, timeout: float = STARTUP_TIMEOUT_S, in_a_row: int = 1) -> None:
+    """Until /v2/health/ready answers 200 `in_a_row` times, each on a new connection: with --workers N the
+    kernel hands each connection to any worker, and one ready worker says nothing of the others."""
     deadline = time.monotonic() + timeout
+    streak = 0
     while time.monotonic() < deadline:
         if gw.proc.poll() is not None:
             raise AssertionError(f"gateway exited with {gw.proc.returncode} before it was ready:\n{gw.output()}")
         try:
-            if httpx.get(f"{gw.url}/v2/health/ready", timeout=2).status_code == 200:
-                return
+            streak = streak + 1 if httpx.get(f"{gw.url}/v2/health/ready", timeout=2).status_code == 200 else 0
         except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+            streak = 0
+        if streak >= in_a_row:
+            return
+        time.sleep(0.05 if streak == 0 else 0.0)
     gw.stop()
     raise AssertionError(f"gateway not ready after {timeout} s:\n{gw.output()}")
 

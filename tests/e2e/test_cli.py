@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.demo import build_mlp
-from tests.e2e.conftest import run_cli, start_gateway
+from tests.e2e.conftest import run_cli, start_gateway, wait_until_ready
 
 
 def blobs(data_dir: Path) -> list[Path]:
@@ -94,7 +94,8 @@ class TestModels:
 
 def test_serve_with_two_workers_serves_and_stops_cleanly(tmp_path: Path) -> None:
     """`serve --workers 2` shares the port between two processes and exits 0 on SIGTERM."""
-    gw = start_gateway(tmp_path / "gw", "--demo", "--workers", "2")
+    gw = start_gateway(tmp_path / "gw", "--demo", "--workers", "2", wait_ready=False)
+    wait_until_ready(gw, in_a_row=30)  # both workers: one ready worker answered 200 while the other still loaded
     try:
         with httpx.Client(base_url=gw.url) as client:
             for _ in range(20):
