@@ -497,8 +497,7 @@ class DriftFeed:
                 part = self.tracker.tally(chunk.slots[first : first + take])
                 rest -= part
                 self._add_to(vectors, window, part)
-            window, _, take = pieces[largest]
-            self._add_to(vectors, window, rest)
+            self._add_to(vectors, pieces[largest][0], rest)
             for window, _, take in pieces:
                 window_rows[window] = window_rows.get(window, 0) + take
             position += chunk.rows

@@ -131,6 +131,29 @@ class TestSink:
         assert padded(k1w1.bins["a"], 3) == [0, 2, 0]
         assert empty.bins == {}
 
+    def test_vector_and_named_counts_merge(self, backend: Backend) -> None:
+        """A tracker's counts (one vector in its layout) and counts by column name add up in one window,
+        whichever comes first."""
+        t = tracker(WindowPolicy(rows=10))
+        vector = np.arange(t.layout.size, dtype=np.int64)
+        named = counts(2, **{t.feature_names[0]: [5, 0, 1]})
+
+        async def scenario() -> tuple[BinCounts, BinCounts]:
+            sink = backend.open()
+            await sink.add("mix", 0, t.split(vector.copy(), 3))
+            await sink.add("mix", 0, named)
+            await sink.add("mix", 1, named)
+            await sink.add("mix", 1, t.split(vector.copy(), 3))
+            result = (await sink.totals("mix", 0), await sink.totals("mix", 1))
+            await sink.close()
+            return result
+
+        expected = t.join(t.split(vector.copy(), 3)).copy()
+        expected[: 3] += [5, 0, 1]
+        for total in run(scenario):
+            assert total.rows == 5
+            np.testing.assert_array_equal(t.join(total), expected)
+
     def test_shared_row_counter(self, backend: Backend) -> None:
         """reserve() is one counter per key across replicas; reserving 0 reads it."""
 
