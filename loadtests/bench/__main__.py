@@ -30,6 +30,8 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--only", default="", help="comma-separated variant keys to measure (default: all)")
     p.add_argument("--note", default="", help="a sentence on the conditions, written into the results file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    p.add_argument("--no-pairs", action="store_true",
+                   help="skip the side-by-side pairs (drift gateway and a control twin, each beside the plain one)")
     a = p.parse_args(argv)
     q = a.quick
     return Options(
@@ -48,6 +50,7 @@ def parse(argv: list[str]) -> Options:
         note=a.note,
         strict=a.strict,
         keep_profiles=a.keep_profiles,
+        pairs=not a.no_pairs,
     )
 
 

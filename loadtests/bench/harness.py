@@ -15,26 +15,31 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
 from loadtests.bench import lineup, targets
 from loadtests.bench.benchvenv import ensure_bench_venv, py_spy
+from loadtests.bench.payloads import Payload
 from loadtests.bench.processes import Server
 from loadtests.bench.profile import Profile, fold, record
 from loadtests.bench.report import (
     Check,
     InProcess,
+    Pair,
     Results,
     Sample,
     Variant,
     inprocess_table,
+    pairs_table,
     profile_section,
     table,
 )
-from loadtests.bench.wrk import find_wrk, run_wrk, write_script, wrk_command
+from loadtests.bench.wrk import find_wrk, run_wrk, run_wrk_together, write_script, wrk_command
 
 FINDINGS_MARKER = "<!-- findings: written by hand; the harness keeps everything below this line when it rewrites the file -->"
+T = TypeVar("T")
 SETTLE_S = 0.25  # after wrk exits, let the server close its connections inside the measured window
 
 
@@ -55,6 +60,7 @@ class Options:
     note: str
     strict: bool
     keep_profiles: Path | None
+    pairs: bool = True  # side-by-side pairs (lineup.PAIRS) in every round, when their variants are chosen
 
 
 def say(text: str) -> None:
@@ -96,6 +102,7 @@ class Bench:
         self.tmp = tmp
         self.samples: list[Sample] = []
         self.inprocess: list[InProcess] = []
+        self.pairs: list[Pair] = []
         self.scripts: dict[str, Path] = {}
 
     def run_once(self, variant: Variant, server: Server, seconds: float, round_: int | None) -> Sample:
@@ -115,6 +122,24 @@ class Bench:
         if round_ is not None:
             self.samples.append(sample)
         return sample
+
+    def run_pair(self, name: str, a: tuple[Variant, Server], b: tuple[Variant, Server], seconds: float,
+                 round_: int) -> Pair:
+        """Both variants at once, each server driven by its own wrk (both wrk on the client CPU)."""
+        sides = (a, b)
+        for _, server in sides:
+            server.check_alive()
+        commands = [wrk_command(self.wrk, self.o.client_cpu, v.connections, seconds, self.scripts[v.key],
+                                server.base_url + v.path) for v, server in sides]
+        before, started = [server.usage() for _, server in sides], time.perf_counter()
+        results = run_wrk_together(commands, timeout_s=seconds + 30)
+        time.sleep(SETTLE_S)
+        wall, after = time.perf_counter() - started, [server.usage() for _, server in sides]
+        samples = [Sample(v.key, round_, result, end - start, wall)
+                   for (v, _), result, start, end in zip(sides, results, before, after, strict=True)]
+        pair = Pair(name, round_, samples[0], samples[1])
+        self.pairs.append(pair)
+        return pair
 
     def measure_inprocess(self, models: lineup.Models) -> None:
         command = ["taskset", "-c", str(self.o.server_cpu), sys.executable, "-m", "loadtests.bench.inprocess",
@@ -138,6 +163,22 @@ class Bench:
             self.o.keep_profiles.mkdir(parents=True, exist_ok=True)
             shutil.copy(output, self.o.keep_profiles / output.name)
         return fold(output.read_text())
+
+
+def round_order(chosen: list[T], round_: int) -> list[T]:
+    """The lineup forwards in even rounds and backwards in odd ones: a variant's cost can depend on
+    what ran just before it on the same core (caches, the other servers' timers), so each pair of
+    rows is measured in both orders and per-round ratios are not biased by a fixed position."""
+    return list(chosen) if round_ % 2 == 0 else list(reversed(chosen))
+
+
+def side_by_side(options: Options, chosen: list[tuple[Variant, Payload]]) -> list[lineup.PairSpec]:
+    """The pairs this run measures: the drift pair when both its variants are chosen, and then the null
+    pair beside it (it only calibrates the other)."""
+    keys = {v.key for v, _ in chosen}
+    if not options.pairs or not {targets.GW_V1_DRIFT, targets.GW_V1} <= keys:
+        return []
+    return list(lineup.PAIRS)
 
 
 def profiles_wanted(options: Options, checks: list[Check]) -> list[str]:
@@ -175,7 +216,11 @@ def run(options: Options) -> int:
         lineup.register(tmp / "gateway-data", models)
         cmds = lineup.commands(bench_python, models, tmp / "gateway-data", options.max_batch_delay_ms)
         chosen = [(v, p) for v, p in lineup.variants(options.connections) if not options.only or v.key in options.only]
-        needed = {v.server for v, _ in chosen}
+        pairs = side_by_side(options, chosen)
+        paired = {v.key: (v, p) for v, p in [*chosen, lineup.control_variant(options.connections)]}
+        extra = [paired[k] for k in dict.fromkeys(k for spec in pairs for k in (spec.a, spec.b))
+                 if k not in {v.key for v, _ in chosen}]  # measured only in pairs: the control twin
+        needed = {v.server for v, _ in [*chosen, *extra]}
         say(f"starting {', '.join(sorted(needed))} on CPU {options.server_cpu}")
         servers = lineup.start_all({k: c for k, c in cmds.items() if k in needed}, options.server_cpu, tmp, say)
         for server in servers.values():
@@ -183,20 +228,27 @@ def run(options: Options) -> int:
         if "gateway" in servers:
             lineup.set_canary(servers["gateway"])
         bench = Bench(options, wrk, tmp)
-        for variant, payload in chosen:
+        for variant, payload in [*chosen, *extra]:
             lineup.verify(variant, payload, servers[variant.server])
             bench.scripts[variant.key] = write_script(tmp, variant.key, payload)
         say(f"warm-up: {options.warmup_s:g} s per variant")
-        for variant, _ in chosen:
+        for variant, _ in [*chosen, *extra]:
             bench.run_once(variant, servers[variant.server], options.warmup_s, None)
         for r in range(options.rounds):
             bench.measure_inprocess(models)
-            for variant, _ in chosen:
+            for variant, _ in round_order(chosen, r):
                 s = bench.run_once(variant, servers[variant.server], options.duration_s, r)
                 say(f"round {r + 1}/{options.rounds}  {variant.key:<18} {s.wrk.rps:>9,.0f} req/s  "
                     f"p50 {s.wrk.p50_s * 1e3:6.2f} ms  p99 {s.wrk.p99_s * 1e3:6.2f} ms  "
                     f"{s.cpu_us_per_request:6.0f} µs CPU/req  errors {s.wrk.non_2xx + s.wrk.socket_errors}")
-        results = Results([v for v, _ in chosen], bench.samples, bench.inprocess)
+            for spec in pairs:
+                a, b = paired[spec.a][0], paired[spec.b][0]
+                pair = bench.run_pair(spec.name, (a, servers[a.server]), (b, servers[b.server]), options.duration_s, r)
+                say(f"round {r + 1}/{options.rounds}  side by side {spec.a} / {spec.b}: "
+                    f"{pair.a.cpu_us_per_request:.1f} / {pair.b.cpu_us_per_request:.1f} µs CPU/req = {pair.ratio:.3f}  "
+                    f"({pair.a.wrk.rps:,.0f} + {pair.b.wrk.rps:,.0f} req/s, errors "
+                    f"{sum(s.wrk.non_2xx + s.wrk.socket_errors for s in (pair.a, pair.b))})")
+        results = Results([v for v, _ in chosen], bench.samples, bench.inprocess, bench.pairs)
         checks = targets.checks(results, options.max_batch_delay_ms)
         profiled: list[str] = []
         for key in profiles_wanted(options, checks):
@@ -242,7 +294,7 @@ def render(options: Options, command_line: str, started_at: datetime, load_befor
         versions_line,
         f"- Load: each server pinned to CPU {options.server_cpu} (taskset), wrk pinned to CPU {options.client_cpu}: "
         f"`wrk -t1 -c<conns> -d{round(options.duration_s)}s --latency -s <POST body>`; {options.rounds} interleaved "
-        f"round(s) over every row below, {options.warmup_s:g} s warm-up per row first. Values are medians over rounds.",
+        f"round(s) over every row below (in table order in odd rounds, reversed in even ones), {options.warmup_s:g} s warm-up per row first. Values are medians over rounds.",
         "- CPU µs/req: utime + stime of the server's whole process group (/proc/<pid>/stat) over the wrk run, "
         "divided by the requests wrk completed.",
         f"- Gateway: `{gateway_argv}` (SQLite registry in a temp dir; route `small` = 90/10 canary of v1/v2 set by "
@@ -255,6 +307,9 @@ def render(options: Options, command_line: str, started_at: datetime, load_befor
         "",
         *table(results),
         "",
+        *(["## Side by side (both servers on CPU "
+            f"{options.server_cpu}, each with its own wrk on CPU {options.client_cpu}, the same seconds; once per round)",
+            "", *pairs_table(results, {spec.name: spec.label for spec in lineup.PAIRS}), ""] if results.pairs else []),
         "## In-process limit (onnxruntime, intra_op_num_threads=1, pinned like the servers; median [range] over rounds)",
         "",
         *inprocess_table(results, [lineup.SMALL, lineup.HEAVY]),

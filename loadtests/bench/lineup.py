@@ -18,6 +18,7 @@ from loadtests.bench.report import Variant
 
 SMALL, HEAVY = "small", "heavy"
 DRIFT_SERVER = "gateway-drift"  # a second gateway whose registry holds reference profiles: drift on 32 features
+CONTROL_SERVER = "gateway-control"  # a third gateway, the plain one's twin: the side-by-side null pair's other half
 PREDICT = f"/v1/models/{SMALL}:predict"
 CANARY = {"model": SMALL, "arms": [{"version": "1", "weight": 90}, {"version": "2", "weight": 10}]}
 READY_TIMEOUT_S = 90.0
@@ -47,12 +48,19 @@ def drift_data_dir(data_dir: Path) -> Path:
     return data_dir.with_name(data_dir.name + "-drift")
 
 
+def control_data_dir(data_dir: Path) -> Path:
+    """The control gateway's registry (the plain one's copy), beside the plain one's."""
+    return data_dir.with_name(data_dir.name + "-control")
+
+
 def register(data_dir: Path, models: Models) -> None:
     """The gateway's registry in `data_dir`: small v1 and v2, heavy v1 (what `gateway models register` does);
     and the same in `drift_data_dir(data_dir)`, with a reference profile of 32 standard-normal features (and
-    the output) for each small version, so that gateway tracks drift on the small route."""
+    the output) for each small version, so that gateway tracks drift on the small route; and a plain copy in
+    `control_data_dir(data_dir)` for the control gateway."""
     _register(data_dir, models, profiles=False)
     _register(drift_data_dir(data_dir), models, profiles=True)
+    _register(control_data_dir(data_dir), models, profiles=False)
 
 
 def _register(data_dir: Path, models: Models, *, profiles: bool) -> None:
@@ -97,7 +105,33 @@ def commands(bench_python: Path, models: Models, data_dir: Path, max_batch_delay
                     *gateway_flags(max_batch_delay_ms)],
         DRIFT_SERVER: [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
                        "--data-dir", str(drift_data_dir(data_dir)), *gateway_flags(max_batch_delay_ms)],
+        CONTROL_SERVER: [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
+                         "--data-dir", str(control_data_dir(data_dir)), *gateway_flags(max_batch_delay_ms)],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PairSpec:
+    """Two variants measured side by side (report.Pair); `a / b` is the ratio reported."""
+
+    name: str
+    label: str
+    a: str
+    b: str
+
+
+# The drift cost is measured side by side against the plain twin; the null pair (two identical plain
+# gateways) shows how far from 1.0 the method itself strays.
+PAIRS = (
+    PairSpec(t.DRIFT_PAIR, "drift on 32 features vs its twin, side by side", t.GW_V1_DRIFT, t.GW_V1),
+    PairSpec(t.NULL_PAIR, "null pair: two identical plain gateways, side by side", t.GW_V1_CONTROL, t.GW_V1),
+)
+
+
+def control_variant(connections: int) -> tuple[Variant, Payload]:
+    """GW_V1 on the control gateway: measured only in the null pair, never in the sequential rounds."""
+    return (Variant(t.GW_V1_CONTROL, "gateway /v1 predict, small, 90/10 canary (control twin)", CONTROL_SERVER,
+                    PREDICT, "v1, 1 row", connections, SMALL), v1_predict(rows(1)))
 
 
 def variants(connections: int) -> list[tuple[Variant, Payload]]:
@@ -129,7 +163,7 @@ def start_all(cmds: dict[str, list[str]], cpu: int, log_dir: Path, say: Callable
     """Start every server pinned to `cpu`, then wait for each to be ready. Stops them all on failure."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}  # the flags alone configure it
     health = {t.FLOOR: "/", t.CEILING: "/health", t.TEXTBOOK: "/health", "gateway": "/v2/health/ready",
-              DRIFT_SERVER: "/v2/health/ready"}
+              DRIFT_SERVER: "/v2/health/ready", CONTROL_SERVER: "/v2/health/ready"}
     servers: dict[str, Server] = {}
     try:
         for name, argv in cmds.items():
@@ -138,7 +172,7 @@ def start_all(cmds: dict[str, list[str]], cpu: int, log_dir: Path, say: Callable
                                          log=log_dir / f"{name}.log", env=env, cwd=ROOT)
         for name, server in servers.items():
             wait_ready(server, health[name], READY_TIMEOUT_S)
-            if name == DRIFT_SERVER:  # the harness sets the plain gateway's canary itself
+            if name in (DRIFT_SERVER, CONTROL_SERVER):  # the harness sets the plain gateway's canary itself
                 set_canary(server)
             say(f"  {name} ready on {server.base_url} (pid {server.pid})")
     except BaseException:
@@ -157,7 +191,7 @@ def set_canary(gateway: Server) -> None:
 
 def verify(variant: Variant, payload: Payload, server: Server) -> None:
     """One request must succeed before wrk sends thousands; the canary must serve both arms."""
-    canary = variant.key in (t.GW_V1, t.GW_V1_DRIFT)
+    canary = variant.key in (t.GW_V1, t.GW_V1_DRIFT, t.GW_V1_CONTROL)
     tries = 200 if canary else 1
     arms = set()
     for _ in range(tries):

@@ -67,6 +67,24 @@ class Sample:
 
 
 @dataclass(frozen=True, slots=True)
+class Pair:
+    """Two variants measured side by side in one round: both servers pinned to the one server CPU, each
+    driven by its own wrk over the same seconds, so whatever the machine does in those seconds (other
+    tenants, frequency, the other server's caches) falls on both. Their CPU/request ratio is far steadier
+    than the ratio of two runs a few seconds apart."""
+
+    name: str
+    round: int
+    a: Sample
+    b: Sample
+
+    @property
+    def ratio(self) -> float:
+        """a's CPU/request over b's."""
+        return self.a.cpu_us_per_request / self.b.cpu_us_per_request
+
+
+@dataclass(frozen=True, slots=True)
 class Spread:
     """The median of some per-round values, with their range."""
 
@@ -100,11 +118,20 @@ InProcess = dict[str, dict[str, float]]  # model -> {"row1_us", "batch64_us", "r
 class Results:
     """Every sample of a run and the in-process timings of each round; answers medians and ratios."""
 
-    def __init__(self, variants: Sequence[Variant], samples: Sequence[Sample], inprocess: Sequence[InProcess]) -> None:
+    def __init__(self, variants: Sequence[Variant], samples: Sequence[Sample], inprocess: Sequence[InProcess],
+                 pairs: Sequence[Pair] = ()) -> None:
         self.variants = list(variants)
         self.samples = list(samples)
         self.inprocess = list(inprocess)
+        self.pairs = list(pairs)
         self.rounds = sorted({s.round for s in samples})
+
+    def pairs_named(self, name: str) -> list[Pair]:
+        return [p for p in self.pairs if p.name == name]
+
+    def pair_ratio(self, name: str) -> Spread:
+        """a/b CPU per request of the side-by-side pair `name`, median [range] over rounds."""
+        return Spread.of([p.ratio for p in self.pairs_named(name) if p.b.cpu_us_per_request])
 
     def variant(self, key: str) -> Variant:
         return next(v for v in self.variants if v.key == key)
@@ -165,6 +192,21 @@ def table(results: Results) -> list[str]:
             f"{results.spread(v.key, lambda s: s.syscalls_per_request[1]).median:.2f} | {rows_text} "
             f"| {results.spread(v.key, lambda s: s.utilization).median:.0%} | {errors} |"
         )
+    return lines
+
+
+def pairs_table(results: Results, labels: dict[str, str]) -> list[str]:
+    """One row per side-by-side pair: each side's CPU/request and req/s (medians), and the per-round ratios."""
+    lines = ["| pair | a | b | a CPU µs/req | b CPU µs/req | a / b per round: median [range] | per round | a, b req/s |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
+    for name in dict.fromkeys(p.name for p in results.pairs):
+        pairs = results.pairs_named(name)
+        a, b = pairs[0].a.variant, pairs[0].b.variant
+        lines.append(
+            f"| {labels.get(name, name)} | {a} | {b} | {Spread.of([p.a.cpu_us_per_request for p in pairs]).median:.1f} "
+            f"| {Spread.of([p.b.cpu_us_per_request for p in pairs]).median:.1f} | {results.pair_ratio(name).fmt(3)} "
+            f"| {', '.join(f'{p.ratio:.3f}' for p in pairs)} "
+            f"| {Spread.of([p.a.wrk.rps for p in pairs]).median:,.0f}, {Spread.of([p.b.wrk.rps for p in pairs]).median:,.0f} |")
     return lines
 
 

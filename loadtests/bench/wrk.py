@@ -76,6 +76,30 @@ def run_wrk(command: list[str], timeout_s: float) -> WrkResult:
     return parse_wrk(done.stdout)
 
 
+def run_wrk_together(commands: list[list[str]], timeout_s: float) -> list[WrkResult]:
+    """Start every wrk at once and wait for all of them (each bounded by `timeout_s`): for servers
+    measured side by side over the same seconds."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outputs: list[tuple[int, str, str]] = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout_s)
+            outputs.append((proc.returncode, out, err))
+    except subprocess.TimeoutExpired as exc:
+        raise WrkError(f"wrk ran past {timeout_s:.0f} s: {' '.join(map(str, exc.cmd))}") from exc
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for command, (code, out, err) in zip(commands, outputs, strict=True):
+        if code != 0 or err.strip():
+            raise WrkError(f"wrk exited with {code}: {err.strip() or out.strip()} ({' '.join(command)})")
+        results.append(parse_wrk(out))
+    return results
+
+
 def _seconds(text: str) -> float:
     match = _NUMBER_UNIT.match(text)
     if match is None:
