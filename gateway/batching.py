@@ -29,7 +29,7 @@ Reason = Literal["idle", "full", "deadline"]
 # rows in the batch, seconds its oldest request waited, why it was released
 Observer = Callable[[int, float, Reason], None]
 # served inputs and outputs (model order), called on the event loop after a successful run
-Tap = Callable[[Arrays, Arrays], None]
+Tap = Callable[[Arrays, Arrays], object]
 # per-request results, and the stacked inputs and outputs when the batch ran as one
 Ran = tuple[list["Arrays | BaseException"], Arrays | None, Arrays | None]
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import numpy as np
 import numpy.typing as npt
 
+from gateway.batching import Tap
 from gateway.errors import RouteNotFound, Unavailable, VersionNotFound
 from gateway.features import FeatureBinding
 from gateway.models import LoadedModel, ModelPool
@@ -43,6 +44,7 @@ class Arm:
     v2: RequestObserver
     features: FeatureBinding | None = None  # the version declares input features: fetch them per request
     drift: DriftWatch | None = None  # the version has reference profiles: count served inputs
+    tap: Tap | None = None  # drift.batch_tap: what model.infer hands the batcher
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -71,6 +73,7 @@ def make_arm(
     return Arm(
         features=features,
         drift=drift,
+        tap=drift.batch_tap if drift is not None else None,
         model=model,
         label=label,
         raw_headers=(

@@ -268,7 +268,7 @@ class InferenceService:
                 inputs, defaulted = await assemble(arm.features, self.online, instances)
             elif route is not None and route.sticky_key in inputs and route.sticky_key not in model.validator.names:
                 inputs = without_input(inputs, route.sticky_key)  # an entity field for routing, not a model input
-            outputs = await model.infer(inputs, deadline, arm.drift)
+            outputs = await model.infer(inputs, deadline, arm.tap)
             names, binary = v2.select_outputs(request, model.output_names)
             chosen = outputs if len(names) == len(outputs) and not request.outputs else [(n, dict(outputs)[n]) for n in names]
             content, json_length = v2.encode_infer_response(name, model.version_str, request.id, chosen, binary)
@@ -291,7 +291,7 @@ class InferenceService:
                 extra = [(DEFAULTED_HEADER, b"%d" % defaulted)]
             else:
                 inputs, extra = arm.model.decode_v1(body), []
-            outputs = await arm.model.infer(inputs, deadline, arm.drift)
+            outputs = await arm.model.infer(inputs, deadline, arm.tap)
             content = v1.encode_predict(outputs)
             if route is not None and route.shadows:
                 self._mirror(route, arm, inputs, outputs)

@@ -1,15 +1,18 @@
 """Drift watching for one served version: the batcher's tap (gateway/batching.py) for the arm.
 
-After a batch ran, the tap picks the monitored columns out of the validated inputs and the outputs
-(model order) and queues them on the arm's DriftFeed. It runs once per batch, not per request, and
-only takes references: the whole input matrix when the monitored features are exactly its columns,
-and the raw output arrays by position. Reducing outputs to one decision per row happens at flush,
-on the concatenated arrays (monitoring/drift.py `decision_column`); no numpy work, no I/O here."""
+After a batch ran, the tap counts the monitored columns of the validated inputs and the outputs
+(model order) on the arm's DriftFeed, once per batch, not per request. Where the compiled kernel
+can take the model's batches (one float input whose columns are exactly the monitored features,
+one value per row per profiled output), the tap is the feed's native one (monitoring/_binning.c
+`Tap`): it bins the batch in one C call, with no Python frame. Otherwise the Python `DriftWatch`
+only queues references (the whole input matrix, or its columns by name, and the raw output arrays
+by position) for the feed to bin with numpy, reducing outputs to one decision per row there
+(monitoring/drift.py `decision_column`); no numpy work, no I/O here."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,12 @@ class DriftWatch:
     whole_input: int | None
     columns: tuple[tuple[str, int, int], ...]
     output_slots: tuple[int, ...]  # per profiled output (in the profile's order), its position in the model's outputs
+    native: Callable[[Sequence[npt.NDArray[Any]], Sequence[npt.NDArray[Any]]], object] | None = None
+
+    @property
+    def batch_tap(self) -> Callable[[Sequence[npt.NDArray[Any]], Sequence[npt.NDArray[Any]]], object]:
+        """What the batcher calls after each batch: the feed's native tap where there is one, else this."""
+        return self.native if self.native is not None else self
 
     def __call__(self, inputs: Sequence[npt.NDArray[Any]], outputs: Sequence[npt.NDArray[Any]]) -> None:
         whole = self.whole_input
@@ -69,9 +78,12 @@ def watch_for(
     missing = [o for o in outputs if o not in model_outputs]
     if missing:
         raise ValueError(f"the reference profiles outputs the model does not have: {', '.join(missing)}")
-    return DriftWatch(
+    watch = DriftWatch(
         feed=feed,
         whole_input=whole,
         columns=tuple((f, position, i) for f, (position, i) in zip(features, slots, strict=True)),
         output_slots=tuple(model_outputs[o] for o in outputs),
     )
+    float_input = whole is not None and signature.inputs[0].datatype in ("FP32", "FP64")
+    native = feed.tap(whole, watch.output_slots, watch) if whole is not None and float_input else None
+    return replace(watch, native=native) if native is not None else watch

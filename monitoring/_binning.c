@@ -110,6 +110,131 @@ count_matrix(const Py_buffer *view, int is_float, Py_ssize_t rows, Py_ssize_t k,
     }
 }
 
+/* Where a call bins to: the plan and edges, and the open chunk's count vector and slots. */
+typedef struct {
+    const int32_t *plan;
+    const double *e64;
+    const float *e32;
+    int64_t *counts;
+    uint16_t *slots;
+    Py_ssize_t columns, capacity; /* capacity: rows the slots have room for */
+} Target;
+
+/* Each plan row (edges, first bin's slot, missing slot) must point inside a count vector of `size`. */
+static int
+check_plan(const int32_t *p, Py_ssize_t columns, Py_ssize_t size)
+{
+    if (columns == 0 || size > UINT16_MAX + 1) {
+        PyErr_SetString(PyExc_ValueError, "bin_batch: no columns, or more slots than uint16 holds");
+        return -1;
+    }
+    for (Py_ssize_t c = 0; c < columns; c++) {
+        if (p[3 * c] < 0 || p[3 * c] >= WIDTH || p[3 * c + 1] < 0 || p[3 * c + 1] + p[3 * c] >= size ||
+            p[3 * c + 2] < 0 || p[3 * c + 2] >= size) {
+            PyErr_SetString(PyExc_ValueError, "bin_batch: a plan row points outside the counts");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static Py_ssize_t
+plan_columns(Py_ssize_t plan_len, Py_ssize_t edges_len, Py_ssize_t edges32_len)
+{
+    Py_ssize_t columns = plan_len / (3 * (Py_ssize_t)sizeof(int32_t));
+    if (columns == 0 || plan_len != columns * 3 * (Py_ssize_t)sizeof(int32_t) ||
+        edges_len != columns * WIDTH * (Py_ssize_t)sizeof(double) || edges32_len != columns * WIDTH * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "bin_batch: plan and edges do not describe the same columns");
+        return -1;
+    }
+    return columns;
+}
+
+/* The buffers bin_batch and bin_batches look up for one call. */
+typedef struct {
+    Py_buffer plan, edges, edges32, counts, slots;
+} Held;
+
+static void
+release_held(Held *h)
+{
+    if (h->plan.obj) PyBuffer_Release(&h->plan);
+    if (h->edges.obj) PyBuffer_Release(&h->edges);
+    if (h->edges32.obj) PyBuffer_Release(&h->edges32);
+    if (h->counts.obj) PyBuffer_Release(&h->counts);
+    if (h->slots.obj) PyBuffer_Release(&h->slots);
+}
+
+static int
+hold_target(Held *h, Target *t, PyObject *plan, PyObject *edges, PyObject *edges32, PyObject *counts, PyObject *slots)
+{
+    memset(h, 0, sizeof(*h));
+    if (PyObject_GetBuffer(plan, &h->plan, PyBUF_SIMPLE) < 0 || PyObject_GetBuffer(edges, &h->edges, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(edges32, &h->edges32, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(counts, &h->counts, PyBUF_WRITABLE) < 0 || PyObject_GetBuffer(slots, &h->slots, PyBUF_WRITABLE) < 0)
+        return -1;
+    Py_ssize_t columns = plan_columns(h->plan.len, h->edges.len, h->edges32.len);
+    if (columns < 0 || check_plan((const int32_t *)h->plan.buf, columns, h->counts.len / (Py_ssize_t)sizeof(int64_t)) < 0)
+        return -1;
+    t->plan = (const int32_t *)h->plan.buf;
+    t->e64 = (const double *)h->edges.buf;
+    t->e32 = (const float *)h->edges32.buf;
+    t->counts = (int64_t *)h->counts.buf;
+    t->slots = (uint16_t *)h->slots.buf;
+    t->columns = columns;
+    t->capacity = h->slots.len / (columns * (Py_ssize_t)sizeof(uint16_t));
+    return 0;
+}
+
+/* One served batch, its buffers looked up and checked against the plan's columns. */
+typedef struct {
+    Py_buffer matrix, outs[MAX_OUTPUTS];
+    int is_float, out_float[MAX_OUTPUTS];
+    Py_ssize_t rows, k, n_outs, held;
+} Batch;
+
+static void
+close_batch(Batch *b)
+{
+    if (b->matrix.obj) PyBuffer_Release(&b->matrix);
+    for (Py_ssize_t j = 0; j < b->held; j++)
+        if (b->outs[j].obj) PyBuffer_Release(&b->outs[j]);
+}
+
+/* 0, or -1 with an exception set when it is not a batch the kernel takes (close_batch either way). */
+static int
+open_batch(Batch *b, PyObject *matrix, PyObject *const *outs, Py_ssize_t n_outs, Py_ssize_t columns)
+{
+    memset(b, 0, sizeof(*b));
+    if (get_matrix(matrix, &b->matrix, &b->rows, &b->k, &b->is_float) < 0)
+        return -1;
+    b->n_outs = n_outs;
+    if (n_outs > MAX_OUTPUTS || b->k + n_outs != columns) {
+        PyErr_SetString(PyExc_ValueError, "bin_batch: the batch's columns do not match the plan");
+        return -1;
+    }
+    for (; b->held < n_outs; ) {
+        Py_ssize_t out_rows, out_k, j = b->held++;
+        if (get_matrix(outs[j], &b->outs[j], &out_rows, &out_k, &b->out_float[j]) < 0)
+            return -1;
+        if (out_rows != b->rows || out_k != 1) {
+            PyErr_SetString(PyExc_ValueError, "bin_batch: an output is not one value per row");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+count_batch(const Target *t, const Batch *b, Py_ssize_t row)
+{
+    uint16_t *sv = t->slots + row * t->columns;
+    count_matrix(&b->matrix, b->is_float, b->rows, b->k, 0, t->columns, t->plan, t->e64, t->e32, t->counts, sv);
+    for (Py_ssize_t j = 0; j < b->n_outs; j++)
+        count_matrix(&b->outs[j], b->out_float[j], b->rows, 1, b->k + j, t->columns, t->plan, t->e64, t->e32,
+                     t->counts, sv);
+}
+
 /* bin_batch(matrix, outputs, plan, edges, edges32, counts, slots, row) -> None
 
    matrix   (rows, k) float32/float64: the tracker's first k columns (the input features)
@@ -120,89 +245,353 @@ count_matrix(const Py_buffer *view, int is_float, Py_ssize_t rows, Py_ssize_t k,
    counts   writable int64 buffer of the count vector, incremented
    slots    writable uint16 buffer (capacity, columns); row `row + r` gets the slots of the batch's row r
 
-   Everything is checked before anything is counted: on an error nothing has changed. */
+   Raises (TypeError, ValueError, BufferError) having changed nothing when the batch is not one it takes
+   or the slots have no room for it. */
 static PyObject *
 bin_batch(PyObject *self, PyObject *args)
 {
-    PyObject *matrix_obj, *outputs_obj, *counts_obj, *slots_obj;
-    Py_buffer plan, edges, edges32;
+    PyObject *matrix, *outputs, *plan, *edges, *edges32, *counts, *slots, *result = NULL;
     Py_ssize_t row;
-    Py_buffer matrix = {0}, counts = {0}, slots = {0}, outs[MAX_OUTPUTS];
-    int out_float[MAX_OUTPUTS], is_float;
-    Py_ssize_t n_outs = 0, held = 0, rows, k;
-    PyObject *result = NULL;
+    Held h;
+    Target t;
+    Batch b;
 
-    if (!PyArg_ParseTuple(args, "OO!y*y*y*OOn:bin_batch", &matrix_obj, &PyTuple_Type, &outputs_obj, &plan, &edges,
-                          &edges32, &counts_obj, &slots_obj, &row))
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO!OOOOOn:bin_batch", &matrix, &PyTuple_Type, &outputs, &plan, &edges, &edges32,
+                          &counts, &slots, &row))
         return NULL;
-    memset(outs, 0, sizeof(outs));
-    Py_ssize_t columns = plan.len / (3 * (Py_ssize_t)sizeof(int32_t));
-    if (columns == 0 || plan.len != columns * 3 * (Py_ssize_t)sizeof(int32_t) ||
-        edges.len != columns * WIDTH * (Py_ssize_t)sizeof(double) || edges32.len != columns * WIDTH * (Py_ssize_t)sizeof(float)) {
-        PyErr_SetString(PyExc_ValueError, "bin_batch: plan and edges do not describe the same columns");
-        goto done;
+    if (hold_target(&h, &t, plan, edges, edges32, counts, slots) < 0) {
+        release_held(&h);
+        return NULL;
     }
-    if (get_matrix(matrix_obj, &matrix, &rows, &k, &is_float) < 0)
-        goto done;
-    n_outs = PyTuple_GET_SIZE(outputs_obj);
-    if (n_outs > MAX_OUTPUTS || k + n_outs != columns) {
-        PyErr_SetString(PyExc_ValueError, "bin_batch: the batch's columns do not match the plan");
-        goto done;
-    }
-    for (held = 0; held < n_outs; held++) {
-        Py_ssize_t out_rows, out_k;
-        if (get_matrix(PyTuple_GET_ITEM(outputs_obj, held), &outs[held], &out_rows, &out_k, &out_float[held]) < 0) {
-            held++;
-            goto done;
-        }
-        if (out_rows != rows || out_k != 1) {
-            held++;
-            PyErr_SetString(PyExc_ValueError, "bin_batch: an output is not one value per row");
-            goto done;
+    if (open_batch(&b, matrix, &PyTuple_GET_ITEM(outputs, 0), PyTuple_GET_SIZE(outputs), t.columns) == 0) {
+        if (row < 0 || row + b.rows > t.capacity) {
+            PyErr_SetString(PyExc_ValueError, "bin_batch: the slots have no room for the batch");
+        } else {
+            count_batch(&t, &b, row);
+            result = Py_None;
+            Py_INCREF(result);
         }
     }
-    if (PyObject_GetBuffer(counts_obj, &counts, PyBUF_WRITABLE) < 0 ||
-        PyObject_GetBuffer(slots_obj, &slots, PyBUF_WRITABLE) < 0)
-        goto done;
-    Py_ssize_t size = counts.len / (Py_ssize_t)sizeof(int64_t);
-    if (row < 0 || (row + rows) * columns * (Py_ssize_t)sizeof(uint16_t) > slots.len) {
-        PyErr_SetString(PyExc_ValueError, "bin_batch: the slots have no room for the batch");
-        goto done;
-    }
-    const int32_t *p = (const int32_t *)plan.buf;
-    for (Py_ssize_t c = 0; c < columns; c++) {
-        if (p[3 * c] < 0 || p[3 * c] >= WIDTH || p[3 * c + 1] < 0 || p[3 * c + 1] + p[3 * c] >= size ||
-            p[3 * c + 2] < 0 || p[3 * c + 2] >= size || size > UINT16_MAX + 1) {
-            PyErr_SetString(PyExc_ValueError, "bin_batch: a plan row points outside the counts");
-            goto done;
-        }
-    }
+    close_batch(&b);
+    release_held(&h);
+    return result;
+}
 
-    int64_t *cv = (int64_t *)counts.buf;
-    uint16_t *sv = (uint16_t *)slots.buf + row * columns;
-    const double *e64 = (const double *)edges.buf;
-    const float *e32 = (const float *)edges32.buf;
-    count_matrix(&matrix, is_float, rows, k, 0, columns, p, e64, e32, cv, sv);
-    for (Py_ssize_t j = 0; j < n_outs; j++)
-        count_matrix(&outs[j], out_float[j], rows, 1, k + j, columns, p, e64, e32, cv, sv);
-    result = Py_None;
-    Py_INCREF(result);
+/* bin_batches(batches, start, plan, edges, edges32, counts, slots, row) -> (done, rows, stop)
 
-done:
-    PyBuffer_Release(&plan);
-    PyBuffer_Release(&edges);
-    PyBuffer_Release(&edges32);
-    if (matrix.obj) PyBuffer_Release(&matrix);
-    for (Py_ssize_t j = 0; j < held; j++)
-        if (outs[j].obj) PyBuffer_Release(&outs[j]);
-    if (counts.obj) PyBuffer_Release(&counts);
-    if (slots.obj) PyBuffer_Release(&slots);
+   batches  list of (matrix, outputs, ...) tuples as bin_batch takes them (items past the second are
+            the caller's), binned in order from index `start`
+   row      the slots row the first of them goes to; each next batch follows the last
+
+   One call for the batches a feed queued since its last binning. Stops at the end of the list
+   (stop 0), at a batch the slots have no room for (stop 1: open a new chunk and call again from
+   `done`), or at a batch it does not take (stop 2, the error cleared: bin that one another way).
+   Returns the index it stopped at and the rows binned; the batches before `done` are counted. */
+static PyObject *
+bin_batches(PyObject *self, PyObject *args)
+{
+    PyObject *batches, *plan, *edges, *edges32, *counts, *slots;
+    Py_ssize_t start, row;
+    Held h;
+    Target t;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!nOOOOOn:bin_batches", &PyList_Type, &batches, &start, &plan, &edges, &edges32,
+                          &counts, &slots, &row))
+        return NULL;
+    if (hold_target(&h, &t, plan, edges, edges32, counts, slots) < 0) {
+        release_held(&h);
+        return NULL;
+    }
+    Py_ssize_t i = start < 0 ? 0 : start, binned = 0;
+    int stop = 0;
+    for (; i < PyList_GET_SIZE(batches); i++) {
+        PyObject *item = PyList_GET_ITEM(batches, i), *outputs;
+        Batch b;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 2 || !PyTuple_Check(outputs = PyTuple_GET_ITEM(item, 1))) {
+            stop = 2;
+            break;
+        }
+        Py_INCREF(item); /* held while its buffers are looked up */
+        if (open_batch(&b, PyTuple_GET_ITEM(item, 0), &PyTuple_GET_ITEM(outputs, 0), PyTuple_GET_SIZE(outputs),
+                       t.columns) < 0) {
+            PyErr_Clear();
+            stop = 2;
+        } else if (row + binned + b.rows > t.capacity) {
+            stop = 1;
+        } else {
+            count_batch(&t, &b, row + binned);
+            binned += b.rows;
+        }
+        close_batch(&b);
+        Py_DECREF(item);
+        if (stop)
+            break;
+    }
+    release_held(&h);
+    return Py_BuildValue("nni", i, binned, stop);
+}
+
+/* Tap: the drift tap the batcher calls after a batch ran, tap(inputs, outputs), when the kernel can
+   bin the model's batches (one float input matrix of the monitored features, one value per row per
+   profiled output). It bins the batch into its open chunk in this one call, with no Python frame on
+   the way: a Python tap cost a few microseconds a batch in a busy server (cold caches), several
+   times the binning itself. Sealed chunks wait for the feed's flush (`take`). A batch it does not
+   take goes to `fallback(inputs, outputs)`, as do all batches after it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *plan, *edges, *edges32; /* bytes, checked at construction */
+    PyObject *fallback;
+    PyObject *counts, *slots; /* the open chunk: bytearrays, or NULL before the first batch */
+    PyObject *sealed;         /* list of (rows, counts, slots) */
+    Py_ssize_t input_index, n_outputs, output_index[MAX_OUTPUTS];
+    Py_ssize_t columns, size, chunk_rows, open_rows, capacity;
+    Py_ssize_t pending_rows, max_pending_rows, dropped_rows;
+    int refused;
+} TapObject;
+
+static int
+tap_traverse(TapObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->sealed);
+    return 0;
+}
+
+static int
+tap_clear(TapObject *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->sealed);
+    Py_CLEAR(self->counts);
+    Py_CLEAR(self->slots);
+    Py_CLEAR(self->plan);
+    Py_CLEAR(self->edges);
+    Py_CLEAR(self->edges32);
+    return 0;
+}
+
+static void
+tap_dealloc(TapObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    tap_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+tap_init(TapObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"plan", "edges", "edges32", "size", "input_index", "output_indices", "chunk_rows",
+                            "max_pending_rows", "fallback", NULL};
+    PyObject *plan, *edges, *edges32, *outputs, *fallback;
+    Py_ssize_t size, input_index, chunk_rows, max_pending;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "SSSnnO!nnO:Tap", names, &plan, &edges, &edges32, &size,
+                                     &input_index, &PyTuple_Type, &outputs, &chunk_rows, &max_pending, &fallback))
+        return -1;
+    Py_ssize_t columns = plan_columns(PyBytes_GET_SIZE(plan), PyBytes_GET_SIZE(edges), PyBytes_GET_SIZE(edges32));
+    if (columns < 0 || check_plan((const int32_t *)PyBytes_AS_STRING(plan), columns, size) < 0)
+        return -1;
+    if (PyTuple_GET_SIZE(outputs) > MAX_OUTPUTS || input_index < 0 || chunk_rows < 1 || max_pending < 0 ||
+        !PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_ValueError, "Tap: bad output indices, input index, chunk rows, cap or fallback");
+        return -1;
+    }
+    self->n_outputs = PyTuple_GET_SIZE(outputs);
+    for (Py_ssize_t j = 0; j < self->n_outputs; j++) {
+        self->output_index[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(outputs, j));
+        if (self->output_index[j] < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "Tap: output indices must be >= 0");
+            return -1;
+        }
+    }
+    tap_clear(self);
+    if ((self->sealed = PyList_New(0)) == NULL)
+        return -1;
+    Py_INCREF(plan);
+    Py_INCREF(edges);
+    Py_INCREF(edges32);
+    Py_INCREF(fallback);
+    self->plan = plan;
+    self->edges = edges;
+    self->edges32 = edges32;
+    self->fallback = fallback;
+    self->columns = columns;
+    self->size = size;
+    self->input_index = input_index;
+    self->chunk_rows = chunk_rows;
+    self->max_pending_rows = max_pending;
+    self->open_rows = self->capacity = self->pending_rows = self->dropped_rows = 0;
+    self->refused = 0;
+    return 0;
+}
+
+/* Move the open chunk, if it holds rows, to the sealed list. */
+static int
+tap_seal(TapObject *self)
+{
+    if (self->open_rows) {
+        PyObject *chunk = Py_BuildValue("nOO", self->open_rows, self->counts, self->slots);
+        if (chunk == NULL || PyList_Append(self->sealed, chunk) < 0) {
+            Py_XDECREF(chunk);
+            return -1;
+        }
+        Py_DECREF(chunk);
+    }
+    Py_CLEAR(self->counts);
+    Py_CLEAR(self->slots);
+    self->open_rows = self->capacity = 0;
+    return 0;
+}
+
+static int
+tap_open_chunk(TapObject *self, Py_ssize_t rows)
+{
+    if (tap_seal(self) < 0)
+        return -1;
+    Py_ssize_t capacity = rows > self->chunk_rows ? rows : self->chunk_rows;
+    self->counts = PyByteArray_FromStringAndSize(NULL, self->size * (Py_ssize_t)sizeof(int64_t));
+    self->slots = PyByteArray_FromStringAndSize(NULL, capacity * self->columns * (Py_ssize_t)sizeof(uint16_t));
+    if (self->counts == NULL || self->slots == NULL) {
+        Py_CLEAR(self->counts);
+        Py_CLEAR(self->slots);
+        return -1;
+    }
+    memset(PyByteArray_AS_STRING(self->counts), 0, PyByteArray_GET_SIZE(self->counts));
+    memset(PyByteArray_AS_STRING(self->slots), 0, PyByteArray_GET_SIZE(self->slots));
+    self->capacity = capacity;
+    return 0;
+}
+
+static PyObject *
+tap_call(TapObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *inputs, *outputs, *ins = NULL, *outs = NULL, *picked[MAX_OUTPUTS];
+    Batch b;
+    int taken = 0;
+
+    if (self->refused)
+        return PyObject_Call(self->fallback, args, kwargs);
+    if (!PyArg_ParseTuple(args, "OO:Tap", &inputs, &outputs))
+        return NULL;
+    if ((ins = PySequence_Fast(inputs, "Tap: inputs must be a sequence")) == NULL ||
+        (outs = PySequence_Fast(outputs, "Tap: outputs must be a sequence")) == NULL) {
+        Py_XDECREF(ins);
+        return NULL;
+    }
+    memset(&b, 0, sizeof(b));
+    if (self->input_index < PySequence_Fast_GET_SIZE(ins)) {
+        Py_ssize_t j = 0;
+        for (; j < self->n_outputs && self->output_index[j] < PySequence_Fast_GET_SIZE(outs); j++)
+            picked[j] = PySequence_Fast_GET_ITEM(outs, self->output_index[j]);
+        if (j == self->n_outputs &&
+            open_batch(&b, PySequence_Fast_GET_ITEM(ins, self->input_index), picked, j, self->columns) == 0)
+            taken = 1;
+        else
+            PyErr_Clear();
+    }
+    PyObject *result = Py_None;
+    if (!taken) { /* a version's batches share dtypes and shapes: the fallback counts this tap's from now on */
+        close_batch(&b);
+        Py_DECREF(ins);
+        Py_DECREF(outs);
+        self->refused = 1;
+        return PyObject_Call(self->fallback, args, kwargs);
+    }
+    if (self->pending_rows + b.rows > self->max_pending_rows) {
+        self->dropped_rows += b.rows; /* the flush is behind (its store is down): drop, and count */
+    } else if (self->open_rows + b.rows > self->capacity && tap_open_chunk(self, b.rows) < 0) {
+        result = NULL;
+    } else {
+        Target t = {(const int32_t *)PyBytes_AS_STRING(self->plan), (const double *)PyBytes_AS_STRING(self->edges),
+                    (const float *)PyBytes_AS_STRING(self->edges32), (int64_t *)PyByteArray_AS_STRING(self->counts),
+                    (uint16_t *)PyByteArray_AS_STRING(self->slots), self->columns, self->capacity};
+        count_batch(&t, &b, self->open_rows);
+        self->open_rows += b.rows;
+        self->pending_rows += b.rows;
+    }
+    close_batch(&b);
+    Py_DECREF(ins);
+    Py_DECREF(outs);
+    Py_XINCREF(result);
     return result;
 }
 
 static PyObject *
+tap_take(TapObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (tap_seal(self) < 0)
+        return NULL;
+    PyObject *chunks = self->sealed, *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    self->sealed = fresh;
+    self->pending_rows = 0;
+    return chunks;
+}
+
+static PyObject *
+tap_get_pending(TapObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->pending_rows);
+}
+
+static PyObject *
+tap_get_dropped(TapObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->dropped_rows);
+}
+
+static PyObject *
+tap_get_refused(TapObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->refused);
+}
+
+static PyMethodDef tap_methods[] = {
+    {"take", (PyCFunction)tap_take, METH_NOARGS,
+     "take() -> list of (rows, counts, slots): the chunks binned since the last take, the open one sealed;\n"
+     "counts is an int64 count vector and slots a uint16 (capacity, columns) matrix, both as bytearrays."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef tap_getset[] = {
+    {"pending_rows", (getter)tap_get_pending, NULL, "Rows binned and not yet taken.", NULL},
+    {"dropped_rows", (getter)tap_get_dropped, NULL, "Rows dropped as over max_pending_rows, ever.", NULL},
+    {"refused", (getter)tap_get_refused, NULL, "Whether a batch was refused: the fallback takes them all.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monitoring._binning.Tap",
+    .tp_basicsize = sizeof(TapObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Tap(plan, edges, edges32, size, input_index, output_indices, chunk_rows, max_pending_rows, fallback):\n"
+              "the batcher's drift tap, tap(inputs, outputs), binning each batch in one C call (monitoring/_binning.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)tap_init,
+    .tp_dealloc = (destructor)tap_dealloc,
+    .tp_free = PyObject_GC_Del,
+    .tp_traverse = (traverseproc)tap_traverse,
+    .tp_clear = (inquiry)tap_clear,
+    .tp_call = (ternaryfunc)tap_call,
+    .tp_methods = tap_methods,
+    .tp_getset = tap_getset,
+};
+
+static PyObject *
 edge_width(PyObject *self, PyObject *unused)
 {
+    (void)self;
+    (void)unused;
     return PyLong_FromLong(WIDTH);
 }
 
@@ -211,13 +600,28 @@ static PyMethodDef methods[] = {
     {"bin_batch", bin_batch, METH_VARARGS,
      "bin_batch(matrix, outputs, plan, edges, edges32, counts, slots, row): count a served batch's values into their\n"
      "bins' slots and record each row's slots (see monitoring/_binning.c)."},
+    {"bin_batches", bin_batches, METH_VARARGS,
+     "bin_batches(batches, start, plan, edges, edges32, counts, slots, row) -> (done, rows, stop): bin_batch over a\n"
+     "list of (matrix, outputs) from `start`, stopping at the end (0), a full chunk (1) or a batch it does not take (2)."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_binning", "One-pass drift binning.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_binning", "One-pass drift binning.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC
 PyInit__binning(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&TapType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&TapType);
+    if (PyModule_AddObject(m, "Tap", (PyObject *)&TapType) < 0) {
+        Py_DECREF(&TapType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

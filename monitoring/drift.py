@@ -22,6 +22,7 @@ batches here, send the counts there, and `close` windows with the merged totals.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -50,13 +51,15 @@ Columns = Mapping[str, npt.ArrayLike] | npt.NDArray[Any]
 """A batch: named 1-D columns (or [rows, 1]), or one 2-D array whose columns follow the tracker's order."""
 
 _bin_batch: Callable[..., None] | None
+_bin_batches: Callable[..., tuple[int, int, int]] | None
 try:  # the one-pass binning kernel (monitoring/_binning.c); absent where it could not be compiled
     from monitoring import _binning
 
     _bin_batch = _binning.bin_batch
+    _bin_batches = _binning.bin_batches
     _KERNEL_WIDTH = _binning.edge_width()
 except ImportError:  # pragma: no cover - depends on the build
-    _bin_batch = None
+    _bin_batch = _bin_batches = None
     _KERNEL_WIDTH = 0
 
 DEFAULT_HISTORY = 32
@@ -182,17 +185,58 @@ class FeatureWindow:
     status: Status
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedWindow:
-    """A closed window: its id, span (caller's clock), rows, per-column results and the worst input feature."""
+Rated = tuple[tuple[FeatureWindow, ...], str | None, Status]  # a closed window's features, worst and status
 
-    window: int
-    start: float
-    end: float
-    rows: int
-    features: tuple[FeatureWindow, ...]
-    worst: str | None
-    status: Status
+
+class ClosedWindow:
+    """A closed window: its id, span (caller's clock), rows, per-column results and the worst input feature.
+
+    Built from either the results or `rate`, which works them out (PSI included) on first use: a
+    scrape, /monitoring/drift, a rollout's guard. At tens of windows a second most windows are never
+    read before the bounded history drops them, and building a result per column was most of what
+    closing a window cost on the serving loop."""
+
+    __slots__ = ("_rate", "_rated", "end", "rows", "start", "window")
+
+    def __init__(self, window: int, start: float, end: float, rows: int,
+                 features: tuple[FeatureWindow, ...] = (), worst: str | None = None, status: Status = "insufficient_data",
+                 *, rate: Callable[[], Rated] | None = None) -> None:
+        self.window, self.start, self.end, self.rows = window, start, end, rows
+        self._rate = rate
+        self._rated: Rated | None = None if rate is not None else (features, worst, status)
+
+    def _results(self) -> Rated:
+        rated = self._rated
+        if rated is None:
+            assert self._rate is not None
+            rated = self._rated = self._rate()
+            self._rate = None
+        return rated
+
+    @property
+    def features(self) -> tuple[FeatureWindow, ...]:
+        return self._results()[0]
+
+    @property
+    def worst(self) -> str | None:
+        return self._results()[1]
+
+    @property
+    def status(self) -> Status:
+        return self._results()[2]
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.window, self.start, self.end, self.rows, *self._results())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClosedWindow) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"ClosedWindow(window={self.window}, start={self.start}, end={self.end}, rows={self.rows}, "
+                f"status={self.status!r}, worst={self.worst!r})")
 
     def psi(self) -> dict[str, float | None]:
         return {f.name: f.psi for f in self.features}
@@ -439,6 +483,24 @@ class DriftTracker:
         assert _bin_batch is not None
         _bin_batch(matrix, outputs, self._kernel_plan, self._kernel_edges, self._kernel_edges32, counts, slots, row)
 
+    def tap(self, input_index: int, output_indices: tuple[int, ...], chunk_rows: int, max_pending_rows: int,
+            fallback: Callable[[Sequence[Any], Sequence[Any]], object]) -> _binning.Tap:
+        """With the compiled kernel (`compiled`): a batcher tap, tap(inputs, outputs), that bins the
+        batch's inputs[input_index] matrix and outputs[i] for i in output_indices (one value per row)
+        in one C call into chunks of `chunk_rows`, for `take()`; `fallback` gets every batch from the
+        first one it cannot take."""
+        assert _bin_batch is not None
+        return _binning.Tap(self._kernel_plan, self._kernel_edges, self._kernel_edges32, self._size, input_index,
+                            output_indices, chunk_rows, max_pending_rows, fallback)
+
+    def bin_batches(self, batches: list[tuple[Any, ...]], start: int, counts: Any, slots: Any,
+                    row: int) -> tuple[int, int, int]:
+        """`bin_batch` over `batches[start:]`, (matrix, outputs, ...) tuples, in one call, each batch's slots after the last's from slot row
+        `row`. Returns (index stopped at, rows binned, why): 0 at the end, 1 at a batch the slots have no
+        room for, 2 at a batch the kernel does not take; the batches before the index are counted."""
+        assert _bin_batches is not None
+        return _bin_batches(batches, start, self._kernel_plan, self._kernel_edges, self._kernel_edges32, counts, slots, row)
+
     def tally(self, slots: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int64]:
         """The count vector (all columns' slots) of a slot matrix from `locate`."""
         return np.bincount(slots.reshape(-1), minlength=self._size + 1)[: self._size].astype(np.int64, copy=False)
@@ -525,6 +587,19 @@ class DriftTracker:
         return [self._close(self._start + seconds, self._counts, self._rows, next_start)]
 
     def _close(self, end: float, vector: npt.NDArray[np.int64], rows: int, next_start: float) -> ClosedWindow:
+        start = self._start if self._start is not None else end
+        # The window's own copy of the counts: a merged vector may be the sink's, which a late flush adds to.
+        window = ClosedWindow(self._window, start, end, rows, rate=functools.partial(self._results, vector.copy()))
+        self._history.append(window)
+        self._closed += 1
+        self._window += 1
+        self._counts = np.zeros(self._size, np.int64)
+        self._rows = 0
+        self._start = next_start
+        return window
+
+    def _results(self, vector: npt.NDArray[np.int64]) -> Rated:
+        """PSI and a status per column of a closed window's count vector, its worst input and status."""
         values, totals = self._rate(vector[self._bin_slots])
         counts = vector.tolist()  # one conversion; each column then slices a plain list
         status_of = self.thresholds.status
@@ -540,15 +615,7 @@ class DriftTracker:
         rated = [f for f in inputs if f.status != "insufficient_data" and f.psi is not None]
         worst = max(rated, key=lambda f: f.psi or 0.0) if rated else None
         status = max((f.status for f in inputs), key=_SEVERITY.__getitem__)
-        start = self._start if self._start is not None else end
-        window = ClosedWindow(self._window, start, end, rows, results, worst.name if worst else None, status)
-        self._history.append(window)
-        self._closed += 1
-        self._window += 1
-        self._counts = np.zeros(self._size, np.int64)
-        self._rows = 0
-        self._start = next_start
-        return window
+        return results, worst.name if worst else None, status
 
     # --- accessors ---
 

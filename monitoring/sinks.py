@@ -44,6 +44,8 @@ from monitoring.drift import BinCounts, ClosedWindow, Columns, DriftTracker, Lay
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from monitoring._binning import Tap
+
 ROWS_FIELD = "__rows__"
 DEFAULT_PREFIX = "gateway:drift"
 DEFAULT_TTL_SECONDS = 3600
@@ -286,13 +288,15 @@ class BinnedChunk:
 class DriftFeed:
     """Feeds one tracker's counts through a CountSink; the gateway's per-(route, version) drift handle.
 
-    Counting happens off the caller's latency (the tap runs after the batch's results are delivered)
-    and costs about 0.1 µs per row with the compiled kernel: `add_served` bins a batch of numeric
-    columns on the spot, one pass while the batch is still in cache, into the open chunk (a count
-    vector and the rows' slots). Batches the kernel cannot take (named columns, categorical profiles,
-    raw outputs to reduce, or no compiler at build time) are queued as references and binned with
-    numpy once `bin_rows` rows wait (`call_soon`, after the responses already due) or at the next
-    flush; numpy makes a dozen passes over such a chunk, ~10x the kernel's cost per row.
+    Counting happens off the caller's latency (the tap runs after the batch's results are delivered):
+    `add`/`add_served` only queue references to a served batch's arrays (a list append). Once
+    `bin_rows` rows wait (`call_soon`, after the responses already due), or at the next flush, the
+    compiled kernel bins the whole queue in one call, one pass over each batch, into chunks (a count
+    vector and the rows' slots). Paying Python's per-call costs once per ~100 batches instead of once per
+    batch is what keeps drift cheap: per batch, the kernel itself is well under a microsecond, while
+    each Python call on the way to it cost about as much. Batches the kernel cannot take (named
+    columns, categorical profiles, raw outputs to reduce, or no compiler at build time) are binned
+    from the same queue with numpy, which makes a dozen passes over them, ~10x the kernel's cost per row.
     `flush`, from one background task every fraction of a second, writes the chunks' counts to the
     sink and closes the windows that are due, with PSI from the merged totals. The tracker's
     `current()` shows this process's share of the open window; `history()` the merged windows.
@@ -317,14 +321,15 @@ class DriftFeed:
         self.max_pending_rows = max_pending_rows
         self.bin_rows = bin_rows
         self.chunk_rows = chunk_rows  # rows per kernel chunk: a window boundary re-tallies part of one
-        self.dropped_rows = 0
+        self._dropped_rows = 0
+        self._taps: dict[tuple[int, tuple[int, ...]], Tap] = {}  # the request path's native taps, by selection
         self._pending: list[tuple[Columns, Pending, int]] = []
         self._pending_rows = 0  # queued, binned or not, and not yet flushed
         self._unbinned_rows = 0
         self._chunks: list[BinnedChunk] = []
         self._bin_scheduled = False
         # The open chunk the kernel bins into: its count vector (int64) and slots (capacity x columns,
-        # uint16) as plain bytes, the cheapest buffers to hand over per batch; rows used of its capacity.
+        # uint16) as plain bytes, the cheapest buffers to hand over; rows used of its capacity.
         self._direct = tracker.compiled
         self._open_counts = bytearray()
         self._open_slots = bytearray()
@@ -334,38 +339,48 @@ class DriftFeed:
 
     @property
     def pending_rows(self) -> int:
-        return self._pending_rows
+        return self._pending_rows + sum(tap.pending_rows for tap in self._taps.values())
+
+    @property
+    def dropped_rows(self) -> int:
+        return self._dropped_rows + sum(tap.dropped_rows for tap in self._taps.values())
+
+    def tap(self, input_index: int, output_indices: tuple[int, ...],
+            fallback: Callable[[Sequence[Any], Sequence[Any]], object]) -> Tap | None:
+        """The batcher's tap for this feed when the kernel can bin its batches: it counts
+        inputs[input_index] (the monitored features, in order) and outputs[i] for i in output_indices
+        in one C call per batch; `fallback` (a Python tap feeding `add_served`) gets the batches it
+        cannot take. None without the kernel. One per selection, kept across route syncs."""
+        if not self.tracker.compiled:
+            return None
+        key = (input_index, output_indices)
+        tap = self._taps.get(key)
+        if tap is None:
+            tap = self._taps[key] = self.tracker.tap(input_index, output_indices, self.chunk_rows,
+                                                     self.max_pending_rows, fallback)
+        return tap
 
     def add(self, columns: Columns, outputs: Columns | None = None) -> bool:
         """Count a served batch (queued arrays are kept, not copied: don't mutate them); False if dropped
-        as over the cap. Without outputs, for a tracker that profiles none, the kernel may bin it now."""
+        as over the cap."""
         if outputs is None and not self.tracker.output_names:
-            return self.add_served(columns, ())
+            return self._queue(columns, (), _rows(columns))
         return self._queue(columns, outputs, _rows(columns))
 
     def add_served(self, columns: Columns, raw_outputs: tuple[npt.NDArray[Any], ...]) -> bool:
         """Like `add`, with the model's raw output arrays (one per tracked output, in the tracker's
         order, batch dimension first), each reduced to one decision per row: its only column, else
-        the arg-max class. A float matrix of the features with one-column float outputs is binned now
-        by the kernel; anything else is queued for numpy."""
-        rows = int(columns.shape[0]) if isinstance(columns, np.ndarray) and columns.ndim else _rows(columns)
-        if self._direct and type(columns) is np.ndarray and columns.dtype.char in "fd":
-            if self._pending_rows + rows > self.max_pending_rows:
-                self.dropped_rows += rows
-                return False
-            if self._open_rows + rows > self._open_capacity:
-                self._open_chunk(rows)
-            try:
-                self.tracker.bin_batch(columns, raw_outputs, self._open_counts, self._open_slots, self._open_rows)
-            except (TypeError, ValueError, BufferError):
-                # Not a batch the kernel takes (say, class probabilities to reduce by arg-max). A model
-                # version's batches all share dtypes and shapes: numpy counts this feed from now on.
-                self._direct = False
-            else:
-                self._open_rows += rows
-                self._pending_rows += rows
-                return True
-        return self._queue(columns, raw_outputs, rows)
+        the arg-max class. The request path's call: it only queues the references."""
+        rows = int(columns.shape[0]) if type(columns) is np.ndarray and columns.ndim else _rows(columns)
+        if self._pending_rows + rows > self.max_pending_rows:
+            self._dropped_rows += rows
+            return False
+        self._pending.append((columns, raw_outputs, rows))
+        self._pending_rows += rows
+        self._unbinned_rows += rows
+        if self._unbinned_rows >= self.bin_rows and not self._bin_scheduled:
+            self._schedule_binning()
+        return True
 
     def _open_chunk(self, rows: int) -> None:
         """Seal the open chunk and open one with room for at least `rows` rows."""
@@ -384,24 +399,30 @@ class DriftFeed:
 
     def _queue(self, columns: Columns, outputs: Columns | tuple[npt.NDArray[Any], ...] | None, rows: int) -> bool:
         if self._pending_rows + rows > self.max_pending_rows:
-            self.dropped_rows += rows
+            self._dropped_rows += rows
             return False
         self._pending.append((columns, outputs, rows))
         self._pending_rows += rows
         self._unbinned_rows += rows
         if self._unbinned_rows >= self.bin_rows and not self._bin_scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a script feeding it by hand): the flush bins everything
-                return True
-            self._bin_scheduled = True
-            loop.call_soon(self.bin_pending)
+            self._schedule_binning()
         return True
 
+    def _schedule_binning(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script feeding it by hand): the flush bins everything
+            return
+        self._bin_scheduled = True
+        loop.call_soon(self.bin_pending)
+
     def bin_pending(self) -> None:
-        """Bin the queued batches into one chunk (malformed batches are dropped and counted)."""
+        """Bin the queued batches: the kernel's into chunks, the rest into one numpy chunk (malformed
+        batches are dropped and counted)."""
         self._bin_scheduled = False
         pending, self._pending, self._unbinned_rows = self._pending, [], 0
+        if pending and self._direct:
+            pending = self._bin_direct(pending)
         if not pending:
             return
         try:
@@ -409,7 +430,7 @@ class DriftFeed:
         except Exception:  # a bug must not leave rows counted as pending forever
             lost = sum(rows for _, _, rows in pending)
             self._pending_rows -= lost
-            self.dropped_rows += lost
+            self._dropped_rows += lost
             raise
         binned = int(slots.shape[1])
         self._pending_rows -= sum(rows for _, _, rows in pending) - binned  # what _locate dropped
@@ -417,11 +438,52 @@ class DriftFeed:
             self._seal()  # rows the kernel binned before these keep their place
             self._chunks.append(BinnedChunk(binned, self.tracker.tally(slots), slots.T))
 
+    def _take_taps(self) -> None:
+        width = len(self.tracker.columns)
+        for tap in self._taps.values():
+            for rows, counts, slots in tap.take():
+                self._seal()
+                self._chunks.append(BinnedChunk(rows, np.frombuffer(counts, np.int64),
+                                                np.frombuffer(slots, np.uint16).reshape(-1, width)[:rows]))
+
+    def _bin_direct(self, pending: list[tuple[Columns, Pending, int]]) -> list[tuple[Columns, Pending, int]]:
+        """Bin `pending` with the kernel into the open chunk, opening chunks as they fill; returns the
+        batches left for numpy, in order."""
+        left: list[tuple[Columns, Pending, int]] = []
+        start = 0
+        while start < len(pending):
+            if not self._open_capacity:
+                self._open_chunk(pending[start][2])
+            try:
+                done, rows, stop = self.tracker.bin_batches(pending, start, self._open_counts,
+                                                            self._open_slots, self._open_rows)
+            except Exception:  # a bug must not leave rows counted as pending forever
+                lost = sum(rows for _, _, rows in pending[start:])
+                self._pending_rows -= lost
+                self._dropped_rows += lost
+                raise
+            self._open_rows += rows
+            if stop == 1:  # the chunk is full
+                self._open_chunk(pending[done][2])
+            elif stop == 2:
+                columns, outputs, _ = pending[done]
+                if type(columns) is np.ndarray and type(outputs) is tuple:
+                    # A served matrix it does not take (say, class probabilities to reduce by arg-max,
+                    # or integer features): a version's batches share dtypes and shapes, so numpy
+                    # counts this feed from now on.
+                    self._direct = False
+                    return left + pending[done:]
+                left.append(pending[done])  # named columns or decided outputs: numpy's, this once
+                done += 1
+            start = done
+        return left
+
     async def flush(self, *, now: float, epoch: float) -> list[ClosedWindow]:
         """Write queued counts and close due windows; `now` is monotonic, `epoch` wall-clock seconds.
 
         Raises CountSinkError when the sink fails; the queued rows are then dropped and counted.
         """
+        self._take_taps()
         self.bin_pending()
         self._seal()
         chunks, self._chunks, self._pending_rows = self._chunks, [], self._unbinned_rows
@@ -432,7 +494,7 @@ class DriftFeed:
             assert self.tracker.policy.seconds is not None
             return await self._flush_time(chunks, rows, self.tracker.policy.seconds, now, epoch)
         except BaseException:
-            self.dropped_rows += rows
+            self._dropped_rows += rows
             raise
 
     def _locate(self, pending: list[tuple[Columns, Pending, int]]) -> npt.NDArray[np.integer[Any]]:
@@ -466,7 +528,7 @@ class DriftFeed:
                     reduced = _decide([outputs], out_names) if type(outputs) is tuple else outputs
                     parts.append(tracker.locate(columns, reduced))  # type: ignore[arg-type]
                 except (ValueError, KeyError, TypeError, IndexError):
-                    self.dropped_rows += rows
+                    self._dropped_rows += rows
         if not parts:
             return np.empty((len(tracker.columns), 0), tracker.slot_dtype)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

@@ -326,6 +326,22 @@ class TestMergedCounts:
         assert window.psi()["f0"] == pytest.approx(psi(profile.expected, other.bins["f0"][:-1]))
         assert t.current().rows == 0 and t.current().window == 43
 
+    def test_closed_window_keeps_its_counts(self) -> None:
+        """Results are worked out on first read, from the window's own copy of the counts: totals a sink
+        keeps adding to (a late flush) after the close change nothing, read before or after."""
+        t = tracker(WindowPolicy(rows=10**6))
+        merged = tracker(WindowPolicy(rows=10**6)).count(live(3000, shift=1.0))
+        merged_vector = t.join(merged)
+        window = t.close(5.0, merged, window=7)
+        expected = numeric_profiles()[0][1].expected
+        want = psi(expected, merged_vector[:len(expected)])
+        merged_vector += 1000  # a late flush into the sink's totals
+        if merged.vector is not None:
+            merged.vector[:] += 1000
+        assert window.psi()["f0"] == pytest.approx(want)
+        assert window.status == "significant" and window.worst is not None
+        assert window == window and "significant" in repr(window)
+
     def test_short_arrays_padded(self) -> None:
         """Merged totals may omit trailing zero bins (a sink returns only what it saw); they are padded."""
         t = tracker(WindowPolicy(rows=10**6))
