@@ -288,8 +288,10 @@ class BinnedChunk:
 class DriftFeed:
     """Feeds one tracker's counts through a CountSink; the gateway's per-(route, version) drift handle.
 
-    Counting happens off the caller's latency (the tap runs after the batch's results are delivered):
-    `add`/`add_served` only queue references to a served batch's arrays (a list append). Once
+    Counting happens off the caller's latency (the tap runs after the batch's results are delivered).
+    On the request path, `tap()` gives the batcher a native tap (monitoring/_binning.c `Tap`) that bins
+    each batch in one C call into chunks the flush takes. `add`/`add_served`, the Python path for
+    everything else, only queue references to a served batch's arrays (a list append). Once
     `bin_rows` rows wait (`call_soon`, after the responses already due), or at the next flush, the
     compiled kernel bins the whole queue in one call, one pass over each batch, into chunks (a count
     vector and the rows' slots). Paying Python's per-call costs once per ~100 batches instead of once per
