@@ -365,24 +365,14 @@ class DriftFeed:
     def add(self, columns: Columns, outputs: Columns | None = None) -> bool:
         """Count a served batch (queued arrays are kept, not copied: don't mutate them); False if dropped
         as over the cap."""
-        if outputs is None and not self.tracker.output_names:
-            return self._queue(columns, (), _rows(columns))
-        return self._queue(columns, outputs, _rows(columns))
+        none = outputs is None and not self.tracker.output_names  # the kernel's form of "no outputs"
+        return self._queue(columns, () if none else outputs, _rows(columns))
 
     def add_served(self, columns: Columns, raw_outputs: tuple[npt.NDArray[Any], ...]) -> bool:
         """Like `add`, with the model's raw output arrays (one per tracked output, in the tracker's
         order, batch dimension first), each reduced to one decision per row: its only column, else
-        the arg-max class. The request path's call: it only queues the references."""
-        rows = int(columns.shape[0]) if type(columns) is np.ndarray and columns.ndim else _rows(columns)
-        if self._pending_rows + rows > self.max_pending_rows:
-            self._dropped_rows += rows
-            return False
-        self._pending.append((columns, raw_outputs, rows))
-        self._pending_rows += rows
-        self._unbinned_rows += rows
-        if self._unbinned_rows >= self.bin_rows and not self._bin_scheduled:
-            self._schedule_binning()
-        return True
+        the arg-max class. The Python tap's call (gateway/watch.py) where the native one cannot serve."""
+        return self._queue(columns, raw_outputs, _rows(columns))
 
     def _open_chunk(self, rows: int) -> None:
         """Seal the open chunk and open one with room for at least `rows` rows."""
