@@ -191,19 +191,17 @@ Rated = tuple[tuple[FeatureWindow, ...], str | None, Status]  # a closed window'
 class ClosedWindow:
     """A closed window: its id, span (caller's clock), rows, per-column results and the worst input feature.
 
-    Built from either the results or `rate`, which works them out (PSI included) on first use: a
-    scrape, /monitoring/drift, a rollout's guard. At tens of windows a second most windows are never
+    Built with `rate`, which works the results out (PSI included) on first use: a scrape,
+    /monitoring/drift, a rollout's guard. At tens of windows a second most windows are never
     read before the bounded history drops them, and building a result per column was most of what
     closing a window cost on the serving loop."""
 
     __slots__ = ("_rate", "_rated", "end", "rows", "start", "window")
 
-    def __init__(self, window: int, start: float, end: float, rows: int,
-                 features: tuple[FeatureWindow, ...] = (), worst: str | None = None, status: Status = "insufficient_data",
-                 *, rate: Callable[[], Rated] | None = None) -> None:
+    def __init__(self, window: int, start: float, end: float, rows: int, rate: Callable[[], Rated]) -> None:
         self.window, self.start, self.end, self.rows = window, start, end, rows
-        self._rate = rate
-        self._rated: Rated | None = None if rate is not None else (features, worst, status)
+        self._rate: Callable[[], Rated] | None = rate
+        self._rated: Rated | None = None
 
     def _results(self) -> Rated:
         rated = self._rated
@@ -589,7 +587,7 @@ class DriftTracker:
     def _close(self, end: float, vector: npt.NDArray[np.int64], rows: int, next_start: float) -> ClosedWindow:
         start = self._start if self._start is not None else end
         # The window's own copy of the counts: a merged vector may be the sink's, which a late flush adds to.
-        window = ClosedWindow(self._window, start, end, rows, rate=functools.partial(self._results, vector.copy()))
+        window = ClosedWindow(self._window, start, end, rows, functools.partial(self._results, vector.copy()))
         self._history.append(window)
         self._closed += 1
         self._window += 1
